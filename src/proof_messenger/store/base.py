@@ -1,0 +1,196 @@
+"""The one storage interface the relay talks to.
+
+Two backends implement it (``sqlite.py``, the embedded default, and ``postgres.py`` for
+many relay instances on one database). Everything that must hold *across* relay instances
+lives behind this interface and is enforced by the database, never by process memory:
+
+* replay protection: a digest is claimed by a unique constraint in the same transaction
+  that writes the accepted audit row, so two instances can never both accept it;
+* the audit hash chain: each batch of rows is appended under the chain-head row lock,
+  so the chain never forks, while many requests share one transaction (group commit);
+* key revocation: read from the table on every verification, no cache of status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "ApiKeyRecord",
+    "AppendResult",
+    "AuditDraft",
+    "AuditFilter",
+    "AuditPage",
+    "AuditRecord",
+    "DuplicateKey",
+    "KeyRecord",
+    "OutboxEvent",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+KeyStatus = Literal["active", "revoked"]
+AuditStatus = Literal["accepted", "rejected", "info"]
+
+
+class StoreError(Exception):
+    """A storage problem that is not the caller's fault."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or refuses writes; the relay answers 503."""
+
+
+class DuplicateKey(StoreError):
+    """A key (or API key) with this id is already registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    kid: str
+    sub: str
+    alg: str  # "ES256" or "webauthn.ES256"
+    public_key: bytes  # DER SubjectPublicKeyInfo
+    created_at: float
+    status: KeyStatus = "active"
+    label: str | None = None
+    revoked_at: float | None = None
+    revoke_reason: str | None = None
+    # WebAuthn credentials only
+    sign_count: int = 0
+    transports: tuple[str, ...] = ()
+    attestation_format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: str  # public part of the key, shown in listings
+    name: str
+    secret_hash: bytes  # SHA-256 of the full key; compared in constant time
+    scopes: tuple[str, ...]
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """A webhook event written in the same transaction as its audit row."""
+
+    event_type: str
+    payload: bytes  # JSON body to deliver
+
+
+@dataclass(frozen=True, slots=True)
+class AuditDraft:
+    """An audit row before the store assigns its place in the chain."""
+
+    event_id: str
+    time: float
+    event_type: str  # e.g. "proof.verified", "proof.rejected", "key.registered"
+    status: AuditStatus
+    sub: str | None = None
+    kid: str | None = None
+    tx_type: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    error_code: str | None = None
+    proof_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    detail: str | None = None
+    context_key_id: str | None = None  # master-key id that encrypted the context
+    context_ct: bytes | None = None  # nonce || AES-256-GCM ciphertext of the context
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A committed audit row: the draft plus its position in the hash chain."""
+
+    seq: int  # 1-based, gap-free; leaf index in the Merkle log is seq - 1
+    draft: AuditDraft
+    prev_hash: bytes
+    entry_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    record: AuditRecord | None  # None when the claim lost the race (replayed)
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    start: float | None = None
+    end: float | None = None
+    sub: str | None = None
+    event_type: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    records: list[AuditRecord] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the relay needs from a database. All methods are safe across instances."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied."""
+        ...
+
+    async def is_ready(self) -> bool:
+        """Reachable and fully migrated."""
+        ...
+
+    # --- key registry --------------------------------------------------------------------------
+    async def insert_key(self, record: KeyRecord) -> None: ...
+    async def get_key(self, kid: str) -> KeyRecord | None: ...
+    async def list_keys(self, sub: str | None = None) -> list[KeyRecord]: ...
+    async def revoke_key(self, kid: str, reason: str, at: float) -> KeyRecord | None: ...
+    async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
+        """Compare-and-set of a WebAuthn sign count; False if another request moved it."""
+        ...
+
+    # --- API keys --------------------------------------------------------------------------------
+    async def insert_api_key(self, record: ApiKeyRecord) -> None: ...
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+    async def revoke_api_key(self, key_id: str, at: float) -> bool: ...
+
+    # --- replay + audit --------------------------------------------------------------------------
+    async def is_claimed(self, digest: bytes) -> bool:
+        """Fast pre-check for check 7; the binding decision is made in :meth:`append`."""
+        ...
+
+    async def append(
+        self,
+        draft: AuditDraft,
+        *,
+        claim_digest: bytes | None = None,
+        outbox: Sequence[OutboxEvent] = (),
+    ) -> AppendResult:
+        """Durably append one audit row (group-committed with concurrent callers).
+
+        With ``claim_digest``, the digest is inserted into the replay table in the same
+        transaction; if it is already there, nothing is written and ``replayed`` is True.
+        Returns only after the transaction has committed.
+        """
+        ...
+
+    async def get_audit(self, event_id: str) -> AuditRecord | None: ...
+    async def list_audit(
+        self, flt: AuditFilter, limit: int, cursor: str | None = None
+    ) -> AuditPage: ...
+    def iter_audit(self, from_seq: int = 1) -> AsyncIterator[AuditRecord]:
+        """Every row in chain order (for `audit verify` and the Merkle log)."""
+        ...
+
+    async def audit_count(self) -> int: ...
