@@ -11,6 +11,7 @@ __all__ = [
     "AuditError",
     "CheckpointError",
     "DecryptionError",
+    "LogKeyError",
     "MasterKeyError",
     "MerkleProofError",
 ]
@@ -38,3 +39,7 @@ class MerkleProofError(AuditError):
 
 class CheckpointError(AuditError):
     """A signed note or checkpoint is malformed or not validly signed."""
+
+
+class LogKeyError(AuditError):
+    """The log signing key file is missing, malformed or not an Ed25519 key."""
