@@ -1,4 +1,8 @@
-"""Where the public test vectors live: ``<repo>/../shared/vectors`` (see the preamble)."""
+"""Where the public test vectors live: ``<repo>/../shared/vectors`` (see the preamble).
+
+Imported by name (``from audit_vectors import VECTORS``): pytest puts this directory on
+``sys.path`` because it has no ``__init__.py``; keep it that way.
+"""
 
 from __future__ import annotations
 

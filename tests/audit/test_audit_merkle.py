@@ -19,10 +19,12 @@ from proof_messenger.audit.merkle import (
     consistency_proof,
     consistency_proof_from,
     inclusion_proof,
+    inclusion_proof_from,
     leaf_hash,
     node_hash,
     root_from_leaf_hashes,
     subtree_root_from_leaves,
+    subtree_root_from_perfect,
     verify_consistency,
     verify_inclusion,
 )
@@ -244,3 +246,30 @@ def test_verifiers_reject_wrong_length_hashes() -> None:
         verify_inclusion(leaves[0], 0, 2, [leaves[1] + b"\x00"], root)
     with pytest.raises(MerkleProofError, match="leaf hash"):
         verify_inclusion(leaves[0][:31], 0, 2, [leaves[1]], root)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), n=st.integers(min_value=1, max_value=200))
+def test_perfect_subtree_variant_gives_identical_proofs(data: st.DataObject, n: int) -> None:
+    leaves = _leaves(n, n)
+    lookups: list[tuple[int, int]] = []
+
+    def perfect_root(level: int, index: int) -> bytes:
+        lookups.append((level, index))
+        return root_from_leaf_hashes(leaves[index << level : (index + 1) << level])
+
+    cached = subtree_root_from_perfect(perfect_root)
+    size1 = data.draw(st.integers(1, n), label="size1")
+    index = data.draw(st.integers(0, n - 1), label="index")
+    assert consistency_proof_from(size1, n, cached) == consistency_proof(size1, n, leaves)
+    assert inclusion_proof_from(index, n, cached) == inclusion_proof(index, n, leaves)
+    assert all((i + 1) << lv <= n for lv, i in lookups)  # only complete subtrees asked for
+    assert cached(0, n) == root_from_leaf_hashes(leaves)
+
+
+def test_perfect_subtree_variant_rejects_non_nodes() -> None:
+    cached = subtree_root_from_perfect(lambda level, index: EMPTY_ROOT)
+    with pytest.raises(ValueError, match="not a node"):
+        cached(1, 3)
+    with pytest.raises(ValueError):
+        cached(2, 2)

@@ -29,6 +29,7 @@ __all__ = [
     "HASH_SIZE",
     "CompactTree",
     "MerkleProofError",
+    "PerfectRoot",
     "SubtreeRoot",
     "consistency_proof",
     "consistency_proof_from",
@@ -38,6 +39,7 @@ __all__ = [
     "node_hash",
     "root_from_leaf_hashes",
     "subtree_root_from_leaves",
+    "subtree_root_from_perfect",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -86,6 +88,39 @@ def subtree_root_from_leaves(leaf_hashes: Sequence[bytes]) -> SubtreeRoot:
         if not 0 <= start < end <= len(leaf_hashes):
             raise ValueError(f"bad subtree range [{start}, {end}) for {len(leaf_hashes)} leaves")
         return _mth(leaf_hashes, start, end)
+
+    return subtree_root
+
+
+PerfectRoot = Callable[[int, int], bytes]
+"""``perfect_root(level, i)`` returns MTH of leaves ``[i << level, (i + 1) << level)``."""
+
+
+def subtree_root_from_perfect(perfect_root: PerfectRoot) -> SubtreeRoot:
+    """A ``SubtreeRoot`` built only from aligned perfect subtrees (cacheable, tile-like).
+
+    Every range the proof algorithms ask for is a node of the RFC 6962 tree,
+    i.e. starts at a multiple of its largest power-of-two part; its MTH is the
+    right fold of its perfect parts, exactly like ``CompactTree.root``. A store
+    that caches perfect subtree hashes (they never change once complete)
+    therefore answers any proof with O(log n) lookups per proof element.
+    """
+
+    def subtree_root(start: int, end: int) -> bytes:
+        if not 0 <= start < end:
+            raise ValueError(f"bad subtree range [{start}, {end})")
+        n, pos = end - start, start
+        parts: list[bytes] = []
+        for level in reversed(range(n.bit_length())):
+            if n >> level & 1:
+                if pos & ((1 << level) - 1):
+                    raise ValueError(f"range [{start}, {end}) is not a node of the Merkle tree")
+                parts.append(perfect_root(level, pos >> level))
+                pos += 1 << level
+        r = parts[-1]
+        for h in reversed(parts[:-1]):
+            r = node_hash(h, r)
+        return r
 
     return subtree_root
 
