@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import cbor2
 
-from proof_messenger.store.base import AuditDraft, AuditRecord
+from proof_messenger.store.base import AuditDraft, AuditRecord, ChainHead
 
 __all__ = [
     "CHAIN_DOMAIN",
@@ -113,14 +113,6 @@ def seal(seq: int, prev_hash: bytes, draft: AuditDraft) -> AuditRecord:
         prev_hash=prev_hash,
         entry_hash=chain_hash(prev_hash, entry_bytes(seq, draft)),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class ChainHead:
-    """The last committed position as the database's chain-head row records it."""
-
-    seq: int
-    entry_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
