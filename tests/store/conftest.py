@@ -146,5 +146,16 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 @pytest.fixture
+async def pg_target() -> AsyncIterator[Target]:
+    async with pg_database() as dsn:
+        t = Target("postgres", dsn, lambda: PostgresStore(dsn, max_connections=5))
+        try:
+            yield t
+        finally:
+            for s in t.opened:
+                await s.close()
+
+
+@pytest.fixture
 async def store(target: Target) -> Store:
     return await target.store()
