@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from proof_messenger.audit.chain import ChainHead, seal, time_to_micros
+from proof_messenger.audit.chain import seal, time_to_micros
 
 from ._common import (
     AUDIT_SELECT,
@@ -38,6 +38,7 @@ from .base import (
     AuditFilter,
     AuditPage,
     AuditRecord,
+    ChainHead,
     DuplicateKey,
     KeyRecord,
     OutboxEvent,
@@ -156,10 +157,10 @@ class PostgresStore:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def _make_pool(self, dsn: str, max_size: int) -> Awaitable[asyncpg.Pool]:
+    async def _make_pool(self, dsn: str, max_size: int) -> asyncpg.Pool:
         # min_size=0: open() never blocks on an unreachable database; every acquire
         # reconnects as needed, which is how the store recovers after an outage.
-        return asyncpg.create_pool(
+        pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,
             min_size=0,
             max_size=max_size,
@@ -167,6 +168,7 @@ class PostgresStore:
             command_timeout=self._command_timeout,
             max_inactive_connection_lifetime=60.0,
         )
+        return pool
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -185,7 +187,7 @@ class PostgresStore:
         for pool in pools:
             try:
                 await asyncio.wait_for(pool.close(), timeout=self._connection_timeout)
-            except (TimeoutError, *_UNAVAILABLE):
+            except _UNAVAILABLE:
                 pool.terminate()
 
     def _primary(self) -> asyncpg.Pool:

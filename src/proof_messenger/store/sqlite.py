@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proof_messenger.audit.chain import ChainHead, seal, time_to_micros
+from proof_messenger.audit.chain import seal, time_to_micros
 
 from ._common import (
     AUDIT_COLUMNS,
@@ -47,6 +47,7 @@ from .base import (
     AuditFilter,
     AuditPage,
     AuditRecord,
+    ChainHead,
     DuplicateKey,
     KeyRecord,
     OutboxEvent,
