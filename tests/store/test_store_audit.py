@@ -321,3 +321,28 @@ async def test_closed_store_refuses_appends(target: Target) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.append(make_draft(0))
+
+
+async def test_invalid_drafts_are_refused_up_front(target: Target) -> None:
+    store = await target.store()
+    for bad in (
+        make_draft(0, time=float("nan")),
+        make_draft(0, status="bogus"),
+        make_draft(0, amount_minor=2**63),
+        make_draft(0, event_id=""),
+    ):
+        with pytest.raises(ValueError):
+            await store.append(bad)
+    assert await store.audit_count() == 0
+
+
+async def test_close_drains_queued_appends(target: Target) -> None:
+    store = await target.store()
+    pending = [asyncio.ensure_future(store.append(make_draft(i))) for i in range(300)]
+    await asyncio.sleep(0)  # let them enqueue
+    await store.close()
+    results = await asyncio.gather(*pending)
+    assert all(r.record is not None for r in results)
+    reopened = await target.store(migrate=False)
+    assert await reopened.audit_count() == 300
+    assert (await verify(reopened)).ok

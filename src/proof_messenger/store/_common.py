@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import importlib.resources
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ class Migration:
     sql: str
 
 
-def load_migrations(dialect: str) -> list[Migration]:
+@functools.cache
+def load_migrations(dialect: str) -> tuple[Migration, ...]:
     """The versioned .sql files shipped inside the package, in name order."""
     folder = importlib.resources.files("proof_messenger.store") / "migrations" / dialect
     found = [
@@ -66,7 +68,7 @@ def load_migrations(dialect: str) -> list[Migration]:
     ]
     if not found:
         raise RuntimeError(f"no migrations found for {dialect!r} (package data missing?)")
-    return sorted(found, key=lambda m: m.name)
+    return tuple(sorted(found, key=lambda m: m.name))
 
 
 def audit_row_values(record: AuditRecord) -> tuple[Any, ...]:

@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .base import AppendResult, AuditDraft, OutboxEvent, StoreError, StoreUnavailable
 
-__all__ = ["GroupCommitter", "PendingAppend"]
+__all__ = ["GroupCommitter", "PendingAppend", "check_draft"]
+
+_INT64 = 2**63
+_STATUSES = frozenset({"accepted", "rejected", "info"})
+
+
+def check_draft(draft: AuditDraft) -> None:
+    """Reject a draft that could never be written, before it joins (and fails) a batch."""
+    if not math.isfinite(draft.time) or draft.time < 0:
+        raise ValueError("audit time must be a finite, non-negative number of seconds")
+    if draft.status not in _STATUSES:
+        raise ValueError(f"audit status must be one of {sorted(_STATUSES)}")
+    if draft.amount_minor is not None and not -_INT64 <= draft.amount_minor < _INT64:
+        raise ValueError("amount_minor does not fit in 64 bits")
+    if not draft.event_id or not draft.event_type:
+        raise ValueError("audit event_id and event_type must be non-empty")
 
 
 @dataclass(slots=True)
@@ -49,10 +65,18 @@ class GroupCommitter:
             self._run(), name="proof-messenger-group-commit"
         )
 
-    async def stop(self) -> None:
-        """Stop the writer; callers still queued get StoreUnavailable."""
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Refuse new appends, let queued ones commit (up to ``drain_timeout``), then stop.
+
+        Draining matters on shutdown: a caller whose batch is mid-transaction must hear
+        the real outcome, not "closed" for a row that then commits anyway.
+        """
         self._closed = True
-        task, self._task = self._task, None
+        task, queue = self._task, self._queue
+        if task is not None and queue is not None and not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.join(), timeout=drain_timeout)
+        self._task = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -71,6 +95,7 @@ class GroupCommitter:
     ) -> AppendResult:
         if self._closed or self._queue is None or self._task is None:
             raise StoreUnavailable("store is not open")
+        check_draft(draft)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(PendingAppend(draft, claim_digest, tuple(outbox), future))
         return await future
@@ -79,13 +104,17 @@ class GroupCommitter:
         assert self._queue is not None
         queue = self._queue
         while True:
-            batch = [await queue.get()]
-            while len(batch) < self._max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            # A caller that gave up before its turn gets nothing written.
-            batch = [item for item in batch if not item.future.done()]
-            if batch:
-                await self._commit_batch(batch)
+            taken = [await queue.get()]
+            while len(taken) < self._max_batch and not queue.empty():
+                taken.append(queue.get_nowait())
+            try:
+                # A caller that gave up before its turn gets nothing written.
+                batch = [item for item in taken if not item.future.done()]
+                if batch:
+                    await self._commit_batch(batch)
+            finally:
+                for _ in taken:
+                    queue.task_done()
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         try:
@@ -98,17 +127,18 @@ class GroupCommitter:
         except StoreUnavailable as exc:
             self._fail(batch, exc)
             return
-        except StoreError as exc:
-            # Not an availability problem (e.g. a duplicate event_id): isolate the
-            # offending item so one bad caller cannot fail everyone else's append.
-            if len(batch) == 1:
-                self._fail(batch, exc)
-                return
-            for item in batch:
-                await self._commit_batch([item])
-            return
         except Exception as exc:  # never let the writer task die
-            self._fail(batch, StoreUnavailable(f"audit append failed: {exc!r}"))
+            # Not an availability problem (e.g. a duplicate event_id): the whole batch
+            # rolled back; retry its items one by one so one bad draft cannot fail
+            # everyone else's append.
+            if len(batch) > 1:
+                for item in batch:
+                    await self._commit_batch([item])
+                return
+            error = (
+                exc if isinstance(exc, StoreError) else StoreError(f"audit append failed: {exc!r}")
+            )
+            self._fail(batch, error)
             return
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():

@@ -38,7 +38,7 @@ CREATE TABLE audit (
     event_id       text NOT NULL UNIQUE,
     time_us        bigint NOT NULL,
     event_type     text NOT NULL,
-    status         text NOT NULL,
+    status         text NOT NULL CHECK (status IN ('accepted', 'rejected', 'info')),
     sub            text,
     kid            text,
     tx_type        text,

@@ -38,7 +38,7 @@ CREATE TABLE audit (
     event_id       TEXT NOT NULL UNIQUE,
     time_us        INTEGER NOT NULL,
     event_type     TEXT NOT NULL,
-    status         TEXT NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('accepted', 'rejected', 'info')),
     sub            TEXT,
     kid            TEXT,
     tx_type        TEXT,
