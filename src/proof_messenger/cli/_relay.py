@@ -11,8 +11,8 @@ from typing import NoReturn, TypeVar
 import click
 from rich.console import Console
 
+from ..relay.app import store_from_settings
 from ..relay.config import ConfigError, Settings, load_settings
-from ..store import open_store
 from ..store.base import Store, StoreError
 
 T = TypeVar("T")
@@ -41,16 +41,14 @@ def settings_from(config_path: Path | None) -> Settings:
 
 def store_for(settings: Settings) -> Store:
     try:
-        return open_store(
-            settings.database.url,
-            max_connections=min(settings.database.max_connections, 4),
-            connection_timeout=settings.database.connection_timeout,
-        )
+        return store_from_settings(settings, max_connections=2)
     except ValueError as exc:
         fail(f"database.url: {exc}")
 
 
-def with_store(settings: Settings, action: Callable[[Store], Awaitable[T]], *, migrate: bool = True) -> T:
+def with_store(
+    settings: Settings, action: Callable[[Store], Awaitable[T]], *, migrate: bool = True
+) -> T:
     """Open the store, migrate if asked, run ``action``, close; store errors exit 2."""
 
     async def run() -> T:

@@ -25,8 +25,7 @@ def command() -> None:
 @command.command("create")
 @config_option
 @click.option("--name", required=True, help="Who uses the key, e.g. backend-1.")
-@click.option("--scopes", required=True,
-              help=f"Comma-separated: {', '.join(apikeys.ALL_SCOPES)}.")
+@click.option("--scopes", required=True, help=f"Comma-separated: {', '.join(apikeys.ALL_SCOPES)}.")
 def create(config_path: Path | None, name: str, scopes: str) -> None:
     """Create a key and print it ONCE; store it in your secret manager."""
     try:
@@ -37,8 +36,11 @@ def create(config_path: Path | None, name: str, scopes: str) -> None:
         fail("--name must be 1-100 characters")
     key_id, full = apikeys.generate_api_key()
     record = ApiKeyRecord(
-        id=key_id, name=name, secret_hash=apikeys.hash_api_key(full),
-        scopes=scope_list, created_at=time.time(),
+        id=key_id,
+        name=name,
+        secret_hash=apikeys.hash_api_key(full),
+        scopes=scope_list,
+        created_at=time.time(),
     )
 
     async def insert(store: Store) -> None:
@@ -66,7 +68,10 @@ def list_keys(config_path: Path | None) -> None:
         table.add_column(column)
     for r in records:
         table.add_row(
-            r.id, r.name, ", ".join(r.scopes), iso(r.created_at),
+            r.id,
+            r.name,
+            ", ".join(r.scopes),
+            iso(r.created_at),
             f"revoked {iso(r.revoked_at)}" if r.revoked_at else "active",
         )
     out.print(table)

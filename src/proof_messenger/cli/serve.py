@@ -14,8 +14,11 @@ from ._relay import config_option, fail, settings_from, with_store
 
 @click.command("serve")
 @config_option
-@click.option("--health-check", is_flag=True,
-              help="Probe /health of the relay at BIND_ADDRESS and exit 0 (healthy) or 1.")
+@click.option(
+    "--health-check",
+    is_flag=True,
+    help="Probe /health of the relay at BIND_ADDRESS and exit 0 (healthy) or 1.",
+)
 @click.option("--timeout", default=3.0, show_default=True, help="Health-check timeout (s).")
 def command(config_path: Path | None, health_check: bool, timeout: float) -> None:
     """Start the relay: migrate the database, then serve HTTP."""
@@ -46,7 +49,7 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
     with_store(settings, _noop)
     try:
         load_or_create_keyring(settings.master_key_file)
-    except Exception as exc:  # noqa: BLE001 - report any key problem as a start-up error
+    except Exception as exc:
         fail(f"master_key_file ({settings.master_key_file}): {exc}")
     _prepare_features(settings)
     if config_path is not None:

@@ -67,9 +67,7 @@ def matches(full: str, stored_hash: bytes) -> bool:
 def validate_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     unknown = [s for s in scopes if s not in ALL_SCOPES]
     if unknown:
-        raise ValueError(
-            f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(ALL_SCOPES)})"
-        )
+        raise ValueError(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(ALL_SCOPES)})")
     if not scopes:
         raise ValueError("at least one scope is required")
     return tuple(dict.fromkeys(scopes))

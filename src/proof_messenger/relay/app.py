@@ -35,7 +35,7 @@ from .routes import audit, docs, health, keys, verify
 from .service import VerificationService
 from .state import RelayState
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "load_or_create_keyring", "store_from_settings"]
 
 log = structlog.get_logger("proof_messenger.http")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -51,8 +51,12 @@ def load_or_create_keyring(path: str) -> Keyring:
     if not file.exists():
         file.parent.mkdir(parents=True, exist_ok=True)
         key_id = generate_master_key_file(file)
-        log.warning("master_key.generated", path=str(file), key_id=key_id,
-                    hint="back this file up: audit contexts cannot be decrypted without it")
+        log.warning(
+            "master_key.generated",
+            path=str(file),
+            key_id=key_id,
+            hint="back this file up: audit contexts cannot be decrypted without it",
+        )
     keyring = load_keyring(file)
     for warning in keyring.warnings:
         log.warning("master_key.permissions", path=str(file), detail=warning)
@@ -72,12 +76,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = store or open_store(
-            settings.database.url,
-            max_connections=settings.database.max_connections,
-            connection_timeout=settings.database.connection_timeout,
-            replica_urls=settings.database.replica_urls,
-        )
+        db = store or store_from_settings(settings)
         await db.open()
         applied = await db.migrate()
         if applied:
@@ -98,7 +97,9 @@ def create_app(
         for extension in extensions or default_extensions():
             for route in extension(state):
                 app.router.routes.append(route)
-        log.info("relay.started", audience=settings.audience, database=_redact(settings.database.url))
+        log.info(
+            "relay.started", audience=settings.audience, database=_redact(settings.database.url)
+        )
         try:
             yield
         finally:
@@ -142,12 +143,26 @@ def create_app(
     return app
 
 
+def store_from_settings(settings: Settings, *, max_connections: int | None = None) -> Store:
+    """The configured store (not opened). Raises ValueError for a bad URL."""
+    db = settings.database
+    if db.url.startswith("sqlite:"):
+        return open_store(db.url)
+    return open_store(
+        db.url,
+        max_connections=max_connections or db.max_connections,
+        connection_timeout=db.connection_timeout,
+        replica_dsns=db.replica_urls,
+    )
+
+
 async def _make_limiter(settings: Settings) -> RateLimiter:
     rate, burst = settings.limits.rate_limit_per_second, settings.limits.rate_limit_burst
     if settings.redis_url:
         from .redis_ratelimit import RedisRateLimiter
 
-        return await RedisRateLimiter.connect(settings.redis_url, rate, burst)
+        limiter: RateLimiter = await RedisRateLimiter.connect(settings.redis_url, rate, burst)
+        return limiter
     return LocalRateLimiter(rate, burst)
 
 
@@ -179,9 +194,13 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
 async def _store_unavailable_handler(request: Request, exc: Exception) -> Response:
     log.error("store.unavailable", error=str(exc)[:300])
     return problem_response(
-        HTTPProblem(503, "store_unavailable", "Store unavailable",
-                    "the relay's database is unavailable; retry shortly",
-                    headers={"Retry-After": "1"}),
+        HTTPProblem(
+            503,
+            "store_unavailable",
+            "Store unavailable",
+            "the relay's database is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        ),
         instance=request.url.path,
     )
 
@@ -198,8 +217,12 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
 async def _internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("internal_error", path=request.url.path)
     return problem_response(
-        HTTPProblem(500, "internal_error", "Internal error",
-                    "an unexpected error occurred; it has been logged"),
+        HTTPProblem(
+            500,
+            "internal_error",
+            "Internal error",
+            "an unexpected error occurred; it has been logged",
+        ),
         instance=request.url.path,
     )
 

@@ -145,8 +145,7 @@ def load_settings(
         if value is not None and value != "":
             _set_dotted(raw, dotted, value, source=var)
     extra = {k: raw.pop(k) for k in list(raw) if k in _KNOWN_EXTRA_SECTIONS}
-    settings = _build(Settings, raw, "")
-    settings = replace(settings, extra=extra)
+    settings: Settings = replace(_build(Settings, raw, ""), extra=extra)
     _validate(settings)
     return settings
 
@@ -180,7 +179,7 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
     for name, value in raw.items():
         kind = hints[name]
         setting = f"{prefix}{name}"
-        if is_dataclass(kind):
+        if isinstance(kind, type) and is_dataclass(kind):
             kwargs[name] = _build(kind, value, setting + ".")
         else:
             kwargs[name] = _coerce(value, kind, setting)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
@@ -16,15 +16,17 @@ T = TypeVar("T")
 CBOR = "application/cbor"
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """Read at most ``limit`` bytes within ``timeout`` seconds (slow bodies get 408)."""
+async def read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """Read at most ``limit`` bytes within ``seconds`` (slow bodies get 408)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise HTTPProblem(400, "malformed_request", "Bad Content-Length")
         if int(declared) > limit:
             raise HTTPProblem(
-                413, "payload_too_large", "Request body too large",
+                413,
+                "payload_too_large",
+                "Request body too large",
                 f"the body is {declared} bytes; the limit is {limit}",
             )
     chunks: list[bytes] = []
@@ -36,18 +38,22 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise HTTPProblem(
-                    413, "payload_too_large", "Request body too large",
+                    413,
+                    "payload_too_large",
+                    "Request body too large",
                     f"the limit is {limit} bytes",
                 )
             chunks.append(chunk)
 
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             await _read()
     except TimeoutError as exc:
         raise HTTPProblem(
-            408, "request_timeout", "Request timeout",
-            f"the request body did not arrive within {timeout:g} s",
+            408,
+            "request_timeout",
+            "Request timeout",
+            f"the request body did not arrive within {seconds:g} s",
             headers={"Connection": "close"},
         ) from exc
     except ClientDisconnect as exc:
@@ -62,7 +68,9 @@ def is_cbor(request: Request) -> bool:
     if ctype in ("application/json", ""):
         return False
     raise HTTPProblem(
-        415, "unsupported_media_type", "Unsupported media type",
+        415,
+        "unsupported_media_type",
+        "Unsupported media type",
         "send application/json or application/cbor",
     )
 
@@ -88,9 +96,9 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     try:
         value = int(raw)
     except ValueError as exc:
-        raise HTTPProblem(400, "invalid_request", "Invalid query", f"{name} must be an integer") from exc
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid query", f"{name} must be an integer"
+        ) from exc
     if not low <= value <= high:
         raise HTTPProblem(400, "invalid_request", "Invalid query", f"{name} must be {low}-{high}")
     return value
-
-

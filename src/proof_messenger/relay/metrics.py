@@ -22,37 +22,31 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        kw = {"registry": registry} if registry is not None else {}
+    def __init__(self) -> None:
         self.verifications = Counter(
             "proof_messenger_verifications_total",
             "Proof verifications by outcome and error code.",
             ["outcome", "code"],
-            **kw,
         )
         self.verify_latency = Histogram(
             "proof_messenger_verify_duration_seconds",
             "Time to verify one proof, audit write included.",
             buckets=_LATENCY_BUCKETS,
-            **kw,
         )
         self.audit_write_latency = Histogram(
             "proof_messenger_audit_write_duration_seconds",
             "Time from audit append to commit (group commit included).",
             buckets=_LATENCY_BUCKETS,
-            **kw,
         )
         self.requests = Counter(
             "proof_messenger_http_requests_total",
             "HTTP requests by route and status.",
             ["route", "status"],
-            **kw,
         )
         self.in_flight = Gauge(
             "proof_messenger_http_in_flight_requests",
             "Requests being handled right now.",
             multiprocess_mode="livesum",
-            **kw,
         )
 
 
@@ -70,6 +64,6 @@ def metrics() -> Metrics:
 def render() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)

@@ -25,17 +25,31 @@ def register_paths(paths: dict[str, Any], schemas: dict[str, Any] | None = None)
 
 
 HTTP_CODES = [
-    "unauthorized", "invalid_api_key", "insufficient_scope", "rate_limited", "payload_too_large",
-    "request_timeout", "unsupported_media_type", "malformed_request", "invalid_request",
-    "invalid_public_key", "key_exists", "not_found", "method_not_allowed", "batch_too_large",
-    "store_unavailable", "internal_error",
+    "unauthorized",
+    "invalid_api_key",
+    "insufficient_scope",
+    "rate_limited",
+    "payload_too_large",
+    "request_timeout",
+    "unsupported_media_type",
+    "malformed_request",
+    "invalid_request",
+    "invalid_public_key",
+    "key_exists",
+    "not_found",
+    "method_not_allowed",
+    "batch_too_large",
+    "store_unavailable",
+    "internal_error",
 ]
 
 
 def _problem(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
     }
 
 
@@ -132,7 +146,10 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "sub": {"type": "string", "minLength": 1, "maxLength": 256},
-            "public_key": {**_B64U, "description": "base64url of a DER SubjectPublicKeyInfo (P-256)"},
+            "public_key": {
+                **_B64U,
+                "description": "base64url of a DER SubjectPublicKeyInfo (P-256)",
+            },
             "label": {"type": ["string", "null"], "maxLength": 200},
         },
     },
@@ -204,7 +221,7 @@ SCHEMAS: dict[str, Any] = {
 
 
 def _paths() -> dict[str, Any]:
-    bearer = [{"apiKey": []}]
+    bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
     proof_body = {
         "required": True,
         "content": {
@@ -213,106 +230,251 @@ def _paths() -> dict[str, Any]:
         },
     }
     return {
-        "/health": {"get": {"summary": "Liveness", "operationId": "health", "tags": ["ops"],
-                            "responses": {"200": _json("Status", "The process is alive")}}},
-        "/ready": {"get": {"summary": "Readiness", "operationId": "ready", "tags": ["ops"],
-                           "responses": {"200": _json("Status", "Store reachable and migrated"),
-                                         "503": _json("Status", "Not ready")}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
-                             "tags": ["ops"],
-                             "responses": {"200": {"description": "Prometheus text format",
-                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/verify": {"post": {
-            "summary": "Verify one proof (protocol checks 1-9) and audit the outcome",
-            "operationId": "verify", "tags": ["proofs"], "security": bearer,
-            "parameters": [{"name": "require_user_verification", "in": "query", "required": False,
-                            "schema": {"type": "string", "enum": ["true", "false"]}}],
-            "requestBody": proof_body,
-            "responses": {
-                "200": _json("VerifyResult", "Accepted; the audit row is committed"),
-                "400": _problem("Malformed envelope or intent (check 1-2)"),
-                **_AUTH_ERRORS,
-                "403": _problem("key_revoked, policy_denied, or the API key lacks the scope"),
-                "408": _problem("The body did not arrive in time"),
-                "409": _problem("replayed: this proof was already accepted"),
-                "413": _problem("Body too large"),
-                "415": _problem("Not JSON or CBOR"),
-                "422": _problem("The proof failed verification"),
-                "503": _problem("The audit store is unavailable; nothing was accepted"),
-            },
-        }},
-        "/verify/batch": {"post": {
-            "summary": "Verify up to 100 proofs; one result each, in order",
-            "operationId": "verifyBatch", "tags": ["proofs"], "security": bearer,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/BatchRequest"}}}},
-            "responses": {"200": _json("BatchResult", "One result per proof"),
-                          "400": _problem("Malformed batch"), **_AUTH_ERRORS,
-                          "408": _problem("The body did not arrive in time"),
-                          "413": _problem("Too many proofs or body too large"),
-                          "415": _problem("Not JSON or CBOR"),
-                          "503": _problem("Store unavailable")},
-        }},
+        "/health": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "health",
+                "tags": ["ops"],
+                "responses": {"200": _json("Status", "The process is alive")},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness",
+                "operationId": "ready",
+                "tags": ["ops"],
+                "responses": {
+                    "200": _json("Status", "Store reachable and migrated"),
+                    "503": _json("Status", "Not ready"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "tags": ["ops"],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/verify": {
+            "post": {
+                "summary": "Verify one proof (protocol checks 1-9) and audit the outcome",
+                "operationId": "verify",
+                "tags": ["proofs"],
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "require_user_verification",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    }
+                ],
+                "requestBody": proof_body,
+                "responses": {
+                    "200": _json("VerifyResult", "Accepted; the audit row is committed"),
+                    "400": _problem("Malformed envelope or intent (check 1-2)"),
+                    **_AUTH_ERRORS,
+                    "403": _problem("key_revoked, policy_denied, or the API key lacks the scope"),
+                    "408": _problem("The body did not arrive in time"),
+                    "409": _problem("replayed: this proof was already accepted"),
+                    "413": _problem("Body too large"),
+                    "415": _problem("Not JSON or CBOR"),
+                    "422": _problem("The proof failed verification"),
+                    "503": _problem("The audit store is unavailable; nothing was accepted"),
+                },
+            }
+        },
+        "/verify/batch": {
+            "post": {
+                "summary": "Verify up to 100 proofs; one result each, in order",
+                "operationId": "verifyBatch",
+                "tags": ["proofs"],
+                "security": bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/BatchRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json("BatchResult", "One result per proof"),
+                    "400": _problem("Malformed batch"),
+                    **_AUTH_ERRORS,
+                    "408": _problem("The body did not arrive in time"),
+                    "413": _problem("Too many proofs or body too large"),
+                    "415": _problem("Not JSON or CBOR"),
+                    "503": _problem("Store unavailable"),
+                },
+            }
+        },
         "/keys": {
-            "post": {"summary": "Register a public key for a subject", "operationId": "registerKey",
-                     "tags": ["keys"], "security": bearer,
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"$ref": "#/components/schemas/RegisterKey"}}}},
-                     "responses": {"201": _json("Key", "Registered"),
-                                   "400": _problem("Invalid request or public key"),
-                                   **_AUTH_ERRORS,
-                                   "408": _problem("The body did not arrive in time"),
-                                   "409": _problem("Already registered"),
-                                   "413": _problem("Body too large")}},
-            "get": {"summary": "List keys, optionally of one subject", "operationId": "listKeys",
-                    "tags": ["keys"], "security": bearer,
-                    "parameters": [{"name": "sub", "in": "query", "required": False,
-                                    "schema": {"type": "string", "minLength": 1, "maxLength": 256}}],
-                    "responses": {"200": _json("KeyList", "Keys"),
-                                  "400": _problem("Invalid subject"), **_AUTH_ERRORS}},
+            "post": {
+                "summary": "Register a public key for a subject",
+                "operationId": "registerKey",
+                "tags": ["keys"],
+                "security": bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RegisterKey"}}
+                    },
+                },
+                "responses": {
+                    "201": _json("Key", "Registered"),
+                    "400": _problem("Invalid request or public key"),
+                    **_AUTH_ERRORS,
+                    "408": _problem("The body did not arrive in time"),
+                    "409": _problem("Already registered"),
+                    "413": _problem("Body too large"),
+                },
+            },
+            "get": {
+                "summary": "List keys, optionally of one subject",
+                "operationId": "listKeys",
+                "tags": ["keys"],
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "sub",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                    }
+                ],
+                "responses": {
+                    "200": _json("KeyList", "Keys"),
+                    "400": _problem("Invalid subject"),
+                    **_AUTH_ERRORS,
+                },
+            },
         },
         "/keys/{kid}": {
-            "parameters": [{"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": {"summary": "One key", "operationId": "getKey", "tags": ["keys"], "security": bearer,
-                    "responses": {"200": _json("Key", "The key"), **_AUTH_ERRORS,
-                                  "404": _problem("No such key")}},
-            "delete": {"summary": "Revoke a key (with a reason); its proofs are refused from now on",
-                       "operationId": "revokeKey", "tags": ["keys"], "security": bearer,
-                       "parameters": [{"name": "reason", "in": "query", "required": False,
-                                       "schema": {"type": "string", "minLength": 1, "maxLength": 500}}],
-                       "requestBody": {"required": False, "content": {"application/json": {
-                           "schema": {"$ref": "#/components/schemas/RevokeKey"}}}},
-                       "responses": {"200": _json("Key", "Revoked"), "400": _problem("No reason"),
-                                     **_AUTH_ERRORS,
-                                     "408": _problem("The body did not arrive in time"),
-                                     "404": _problem("No such key"),
-                                     "413": _problem("Body too large")}},
-        },
-        "/audit": {"get": {
-            "summary": "Audit events, newest first, with filters and cursor pagination",
-            "operationId": "listAudit", "tags": ["audit"], "security": bearer,
             "parameters": [
-                {"name": "start", "in": "query", "required": False, "schema": {"type": "string"},
-                 "description": "Unix seconds or ISO 8601"},
-                {"name": "end", "in": "query", "required": False, "schema": {"type": "string"}},
-                {"name": "sub", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 256}},
-                {"name": "type", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 64}},
-                {"name": "status", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": ["accepted", "rejected", "info"]}},
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 128}},
+                {"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}
             ],
-            "responses": {"200": _json("AuditPage", "A page of events"),
-                          "400": _problem("Invalid filter or cursor"), **_AUTH_ERRORS},
-        }},
-        "/audit/{event_id}": {"get": {
-            "summary": "One audit event with its decrypted context",
-            "operationId": "getAudit", "tags": ["audit"], "security": bearer,
-            "parameters": [{"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": _json("AuditEvent", "The event"), **_AUTH_ERRORS,
-                          "404": _problem("No such event")},
-        }},
+            "get": {
+                "summary": "One key",
+                "operationId": "getKey",
+                "tags": ["keys"],
+                "security": bearer,
+                "responses": {
+                    "200": _json("Key", "The key"),
+                    **_AUTH_ERRORS,
+                    "404": _problem("No such key"),
+                },
+            },
+            "delete": {
+                "summary": "Revoke a key (with a reason); its proofs are refused from now on",
+                "operationId": "revokeKey",
+                "tags": ["keys"],
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "reason",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 500},
+                    }
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RevokeKey"}}
+                    },
+                },
+                "responses": {
+                    "200": _json("Key", "Revoked"),
+                    "400": _problem("No reason"),
+                    **_AUTH_ERRORS,
+                    "408": _problem("The body did not arrive in time"),
+                    "404": _problem("No such key"),
+                    "413": _problem("Body too large"),
+                },
+            },
+        },
+        "/audit": {
+            "get": {
+                "summary": "Audit events, newest first, with filters and cursor pagination",
+                "operationId": "listAudit",
+                "tags": ["audit"],
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "start",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Unix seconds or ISO 8601",
+                    },
+                    {"name": "end", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "sub",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 256},
+                    },
+                    {
+                        "name": "type",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 64},
+                    },
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["accepted", "rejected", "info"]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 128},
+                    },
+                ],
+                "responses": {
+                    "200": _json("AuditPage", "A page of events"),
+                    "400": _problem("Invalid filter or cursor"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/audit/{event_id}": {
+            "get": {
+                "summary": "One audit event with its decrypted context",
+                "operationId": "getAudit",
+                "tags": ["audit"],
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "event_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json("AuditEvent", "The event"),
+                    **_AUTH_ERRORS,
+                    "404": _problem("No such event"),
+                },
+            }
+        },
     }
 
 
@@ -333,8 +495,11 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
         "components": {
             "schemas": {**SCHEMAS, **copy.deepcopy(_extra_schemas)},
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer",
-                           "description": "API key created with `proof-messenger apikey create`"}
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "API key created with `proof-messenger apikey create`",
+                }
             },
         },
     }

@@ -57,9 +57,7 @@ def new_event_id() -> str:
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +122,9 @@ class VerificationService:
         self.policy = policy
         self.on_accepted = on_accepted
         self.outbox_for = outbox_for
-        origins = frozenset(settings.webauthn.origins) or frozenset({f"https://{settings.audience}"})
+        origins = frozenset(settings.webauthn.origins) or frozenset(
+            {f"https://{settings.audience}"}
+        )
         self.verifier = Verifier(
             VerifierSettings(
                 audience=settings.audience,
@@ -171,7 +171,9 @@ class VerificationService:
             if verified.sign_count is not None and not await self.store.advance_sign_count(
                 key.kid, key.sign_count, verified.sign_count
             ):
-                raise WebAuthnSignCount("sign count moved concurrently: possible cloned authenticator")
+                raise WebAuthnSignCount(
+                    "sign count moved concurrently: possible cloned authenticator"
+                )
             if await self.store.is_claimed(parsed.digest):
                 raise Replayed("this proof was already accepted")
             binding = await self.approvals.check(verified) if self.approvals else None
@@ -206,22 +208,35 @@ class VerificationService:
         payload = self._accepted_body(verified, event_id, now)
         outbox = self.outbox_for("proof.verified", payload) if self.outbox_for else []
         draft = self._draft(
-            event_id, now, "proof.verified", "accepted", client,
-            sub=intent.sub, kid=verified.key.kid, ctx=intent.ctx, proof_id=verified.proof_id,
+            event_id,
+            now,
+            "proof.verified",
+            "accepted",
+            client,
+            sub=intent.sub,
+            kid=verified.key.kid,
+            ctx=intent.ctx,
+            proof_id=verified.proof_id,
         )
         result = await self.store.append(draft, claim_digest=verified.digest, outbox=outbox)
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
-            return await self._reject(exc, verified.parsed.proof, verified.parsed, verified, client, now)
+            return await self._reject(
+                exc, verified.parsed.proof, verified.parsed, verified, client, now
+            )
         record = result.record
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
             await self.on_accepted(verified, record, binding)
         log.info(
             "proof.verified",
-            proof_id=verified.proof_id, sub=intent.sub, kid=verified.key.kid,
-            tx_type=draft.tx_type, audit_event_id=event_id, api_key=client.api_key_id,
+            proof_id=verified.proof_id,
+            sub=intent.sub,
+            kid=verified.key.kid,
+            tx_type=draft.tx_type,
+            audit_event_id=event_id,
+            api_key=client.api_key_id,
         )
         return Outcome(True, 200, payload, record=record)
 
@@ -262,23 +277,37 @@ class VerificationService:
         outbox = (
             self.outbox_for(
                 "proof.rejected",
-                {"code": exc.code, "detail": exc.detail, "proof_id": pid,
-                 "sub": intent.sub if intent else None, "audit_event_id": event_id,
-                 "rejected_at": iso(now)},
+                {
+                    "code": exc.code,
+                    "detail": exc.detail,
+                    "proof_id": pid,
+                    "sub": intent.sub if intent else None,
+                    "audit_event_id": event_id,
+                    "rejected_at": iso(now),
+                },
             )
             if self.outbox_for
             else []
         )
         draft = self._draft(
-            event_id, now, "proof.rejected", "rejected", client,
+            event_id,
+            now,
+            "proof.rejected",
+            "rejected",
+            client,
             sub=intent.sub if intent else None,
             kid=proof.kid if proof is not None else None,
             ctx=intent.ctx if intent else None,
-            proof_id=pid, error_code=exc.code, detail=exc.detail,
+            proof_id=pid,
+            error_code=exc.code,
+            detail=exc.detail,
         )
         result = await self.store.append(draft, outbox=outbox)
         log.info(
-            "proof.rejected", code=exc.code, proof_id=pid, audit_event_id=event_id,
+            "proof.rejected",
+            code=exc.code,
+            proof_id=pid,
+            audit_event_id=event_id,
             api_key=client.api_key_id,
         )
         return Outcome(False, exc.status, body_extra, error=exc, record=result.record)
@@ -305,7 +334,9 @@ class VerificationService:
             raw_amount = ctx.get("amount_minor")
             amount = raw_amount if type(raw_amount) is int else None
             raw_currency = ctx.get("currency")
-            currency = raw_currency if isinstance(raw_currency, str) and len(raw_currency) <= 8 else None
+            currency = (
+                raw_currency if isinstance(raw_currency, str) and len(raw_currency) <= 8 else None
+            )
             key_id, blob = self.keyring.encrypt(_json.encode(ctx), event_id.encode("ascii"))
         return AuditDraft(
             event_id=event_id,
@@ -344,8 +375,17 @@ class VerificationService:
         now = self.clock()
         event_id = new_event_id()
         draft = self._draft(
-            event_id, now, event_type, status, client, sub=sub, kid=kid, ctx=ctx,
-            proof_id=proof_id, error_code=error_code, detail=detail,
+            event_id,
+            now,
+            event_type,
+            status,
+            client,
+            sub=sub,
+            kid=kid,
+            ctx=ctx,
+            proof_id=proof_id,
+            error_code=error_code,
+            detail=detail,
         )
         outbox = (
             self.outbox_for(event_type, {**outbox_payload, "audit_event_id": event_id})

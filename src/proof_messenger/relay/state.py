@@ -41,7 +41,9 @@ class RelayState:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HTTPProblem(
-                401, "unauthorized", "Authentication required",
+                401,
+                "unauthorized",
+                "Authentication required",
                 "send 'Authorization: Bearer <api key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="proof-messenger"'},
             )
@@ -57,14 +59,18 @@ class RelayState:
         ok = apikeys.matches(token.strip(), stored_hash) and record is not None
         if not ok or record is None or record.revoked_at is not None:
             raise HTTPProblem(
-                401, "invalid_api_key", "Invalid API key",
+                401,
+                "invalid_api_key",
+                "Invalid API key",
                 "the API key is unknown, malformed or revoked",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         granted = apikeys.expand(record.scopes)
         if scopes and not granted.intersection(scopes):
             raise HTTPProblem(
-                403, "insufficient_scope", "Insufficient scope",
+                403,
+                "insufficient_scope",
+                "Insufficient scope",
                 f"this route needs the scope {' or '.join(scopes)}",
                 required_scope=scopes[0],
             )
@@ -72,7 +78,9 @@ class RelayState:
         if retry_after is not None:
             seconds = max(1, int(retry_after + 0.999))
             raise HTTPProblem(
-                429, "rate_limited", "Too many requests",
+                429,
+                "rate_limited",
+                "Too many requests",
                 f"rate limit for this API key exceeded; retry in {seconds} s",
                 headers={"Retry-After": str(seconds)},
             )

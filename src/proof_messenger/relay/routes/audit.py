@@ -54,7 +54,9 @@ def _time_param(request: Request, name: str) -> float | None:
         return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except ValueError as exc:
         raise HTTPProblem(
-            400, "invalid_request", "Invalid query",
+            400,
+            "invalid_request",
+            "Invalid query",
             f"{name} must be Unix seconds or an ISO 8601 time",
         ) from exc
 
@@ -73,7 +75,9 @@ async def list_audit(request: Request) -> Response:
     await state.authenticate(request, "audit:read")
     status = _text_param(request, "status")
     if status is not None and status not in _STATUSES:
-        raise HTTPProblem(400, "invalid_request", "Invalid query", "status must be accepted, rejected or info")
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid query", "status must be accepted, rejected or info"
+        )
     flt = AuditFilter(
         start=_time_param(request, "start"),
         end=_time_param(request, "end"),
@@ -87,7 +91,9 @@ async def list_audit(request: Request) -> Response:
         page = await state.store.list_audit(flt, limit, cursor)
     except ValueError as exc:
         raise HTTPProblem(400, "invalid_request", "Invalid cursor", str(exc)) from exc
-    return json_response({"events": [event_view(r) for r in page.records], "next_cursor": page.next_cursor})
+    return json_response(
+        {"events": [event_view(r) for r in page.records], "next_cursor": page.next_cursor}
+    )
 
 
 async def get_audit(request: Request) -> Response:

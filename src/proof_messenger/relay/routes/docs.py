@@ -53,7 +53,9 @@ async def docs_page(request: Request) -> Response:
             )
             params = [*item.get("parameters", []), *op.get("parameters", [])]
             if params:
-                parts.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>required</th></tr>")
+                parts.append(
+                    "<table><tr><th>parameter</th><th>in</th><th>type</th><th>required</th></tr>"
+                )
                 for p in params:
                     parts.append(
                         f"<tr><td><code>{html.escape(p['name'])}</code></td><td>{p['in']}</td>"
@@ -62,11 +64,16 @@ async def docs_page(request: Request) -> Response:
                 parts.append("</table>")
             body = op.get("requestBody", {}).get("content", {})
             if body:
-                kinds = ", ".join(f"{html.escape(ct)}: {_schema_text(c.get('schema', {}))}" for ct, c in body.items())
+                kinds = ", ".join(
+                    f"{html.escape(ct)}: {_schema_text(c.get('schema', {}))}"
+                    for ct, c in body.items()
+                )
                 parts.append(f"<p>Body: {kinds}</p>")
             parts.append("<table><tr><th>status</th><th>meaning</th></tr>")
             for status, resp in op.get("responses", {}).items():
-                parts.append(f"<tr><td>{status}</td><td>{html.escape(resp.get('description', ''))}</td></tr>")
+                parts.append(
+                    f"<tr><td>{status}</td><td>{html.escape(resp.get('description', ''))}</td></tr>"
+                )
             parts.append("</table>")
     parts.append("<h2>Schemas</h2>")
     for name, schema in spec["components"]["schemas"].items():

@@ -21,11 +21,13 @@ async def ready(request: Request) -> Response:
     state = relay_state(request)
     try:
         ok = await state.store.is_ready()
-    except Exception:  # noqa: BLE001 - any failure means not ready
+    except Exception:
         ok = False
     if ok:
         return json_response({"status": "ready"})
-    return json_response({"status": "unavailable", "detail": "store not reachable or not migrated"}, 503)
+    return json_response(
+        {"status": "unavailable", "detail": "store not reachable or not migrated"}, 503
+    )
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -41,34 +41,52 @@ def key_view(record: KeyRecord) -> dict[str, object]:
 
 def _check_sub(sub: str) -> None:
     if not 1 <= len(sub) <= 256 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in sub):
-        raise HTTPProblem(400, "invalid_request", "Invalid subject", "sub must be 1-256 printable characters")
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid subject", "sub must be 1-256 printable characters"
+        )
 
 
 async def register_key(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "keys:write")
-    body = decode_model(await read_body(request, 16 * 1024, state.settings.limits.request_timeout_seconds), RegisterKey)
+    body = decode_model(
+        await read_body(request, 16 * 1024, state.settings.limits.request_timeout_seconds),
+        RegisterKey,
+    )
     _check_sub(body.sub)
     if body.label is not None and len(body.label) > 200:
-        raise HTTPProblem(400, "invalid_request", "Invalid label", "label is at most 200 characters")
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid label", "label is at most 200 characters"
+        )
     try:
         der = b64u_decode(body.public_key)
         load_public_key_der(der)
     except (ValueError, KeyFormatError) as exc:
         raise HTTPProblem(
-            400, "invalid_public_key", "Invalid public key",
+            400,
+            "invalid_public_key",
+            "Invalid public key",
             "public_key must be base64url (no padding) of a DER SubjectPublicKeyInfo holding a P-256 key",
         ) from exc
     record = KeyRecord(
-        kid=kid_for(der), sub=body.sub, alg=ALG_ES256, public_key=der,
-        created_at=state.clock(), label=body.label,
+        kid=kid_for(der),
+        sub=body.sub,
+        alg=ALG_ES256,
+        public_key=der,
+        created_at=state.clock(),
+        label=body.label,
     )
     try:
         await state.store.insert_key(record)
     except DuplicateKey as exc:
-        raise HTTPProblem(409, "key_exists", "Key already registered", f"kid {record.kid} is already registered") from exc
+        raise HTTPProblem(
+            409, "key_exists", "Key already registered", f"kid {record.kid} is already registered"
+        ) from exc
     await state.service.record_event(
-        "key.registered", state.client(request), sub=record.sub, kid=record.kid,
+        "key.registered",
+        state.client(request),
+        sub=record.sub,
+        kid=record.kid,
         detail=f"label={record.label}" if record.label else None,
     )
     return json_response(key_view(record), 201, {"Location": f"/keys/{record.kid}"})
@@ -102,8 +120,10 @@ async def revoke_key(request: Request) -> Response:
         reason = decode_model(raw, RevokeKey).reason
     if not reason or len(reason) > 500:
         raise HTTPProblem(
-            400, "invalid_request", "A reason is required",
-            "give the reason for revocation in the body {\"reason\": \"...\"} (1-500 characters)",
+            400,
+            "invalid_request",
+            "A reason is required",
+            'give the reason for revocation in the body {"reason": "..."} (1-500 characters)',
         )
     kid = request.path_params["kid"]
     existing = await state.store.get_key(kid)
@@ -115,9 +135,17 @@ async def revoke_key(request: Request) -> Response:
     if record is None:
         raise HTTPProblem(404, "not_found", "No such key")
     await state.service.record_event(
-        "key.revoked", state.client(request), sub=record.sub, kid=kid, detail=reason,
-        outbox_payload={"kid": kid, "sub": record.sub, "reason": reason,
-                        "revoked_at": iso(record.revoked_at or state.clock())},
+        "key.revoked",
+        state.client(request),
+        sub=record.sub,
+        kid=kid,
+        detail=reason,
+        outbox_payload={
+            "kid": kid,
+            "sub": record.sub,
+            "reason": reason,
+            "revoked_at": iso(record.revoked_at or state.clock()),
+        },
     )
     return json_response(key_view(record))
 

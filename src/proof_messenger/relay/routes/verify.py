@@ -10,6 +10,7 @@ import cbor2
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from ...protocol.errors import MalformedProof
 from ...store.base import StoreUnavailable
@@ -17,7 +18,6 @@ from ..http import is_cbor, read_body, wants_cbor
 from ..problems import HTTPProblem, json_response, problem_body
 from ..service import Outcome
 from ..state import RelayState, relay_state
-from starlette.routing import Route
 
 _PROBLEM = "application/problem+json"
 
@@ -45,14 +45,25 @@ async def verify(request: Request) -> Response:
     await state.authenticate(request, "verify")
     started = time.perf_counter()
     cbor = is_cbor(request)
-    body = await read_body(request, state.settings.limits.max_body_bytes, state.settings.limits.request_timeout_seconds)
+    body = await read_body(
+        request, state.settings.limits.max_body_bytes, state.settings.limits.request_timeout_seconds
+    )
     try:
         outcome = await state.service.verify(
-            body, cbor=cbor, client=state.client(request),
-            require_user_verification=request.query_params.get("require_user_verification") == "true",
+            body,
+            cbor=cbor,
+            client=state.client(request),
+            require_user_verification=request.query_params.get("require_user_verification")
+            == "true",
         )
     except StoreUnavailable as exc:
-        raise HTTPProblem(503, "store_unavailable", "Store unavailable", f"the audit store is unavailable: {exc}", headers={"Retry-After": "1"}) from exc
+        raise HTTPProblem(
+            503,
+            "store_unavailable",
+            "Store unavailable",
+            f"the audit store is unavailable: {exc}",
+            headers={"Retry-After": "1"},
+        ) from exc
     _observe(state, outcome, started)
     return _outcome_response(outcome, request)
 
@@ -65,13 +76,22 @@ async def verify_batch(request: Request) -> Response:
     raw = await read_body(request, limits.max_body_bytes * 4, limits.request_timeout_seconds)
     try:
         doc: Any = cbor2.loads(raw) if cbor else msgspec.json.decode(raw)
-    except Exception as exc:  # noqa: BLE001 - any decoder error is the caller's malformed input
-        raise HTTPProblem(400, "malformed_request", "Malformed batch", "the body is not a valid document") from exc
+    except Exception as exc:
+        raise HTTPProblem(
+            400, "malformed_request", "Malformed batch", "the body is not a valid document"
+        ) from exc
     proofs = doc.get("proofs") if isinstance(doc, dict) else None
     if not isinstance(proofs, list) or not proofs:
-        raise HTTPProblem(400, "invalid_request", "Invalid batch", "send {\"proofs\": [envelope, ...]}")
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid batch", 'send {"proofs": [envelope, ...]}'
+        )
     if len(proofs) > limits.max_batch:
-        raise HTTPProblem(413, "batch_too_large", "Batch too large", f"at most {limits.max_batch} proofs per batch")
+        raise HTTPProblem(
+            413,
+            "batch_too_large",
+            "Batch too large",
+            f"at most {limits.max_batch} proofs per batch",
+        )
     client = state.client(request)
 
     async def one(item: Any) -> dict[str, Any]:
@@ -86,13 +106,24 @@ async def verify_batch(request: Request) -> Response:
             return outcome.body
         err = outcome.error
         assert err is not None
-        return {"valid": False, "status": err.status, "code": err.code, "detail": err.detail, **outcome.body}
+        return {
+            "valid": False,
+            "status": err.status,
+            "code": err.code,
+            "detail": err.detail,
+            **outcome.body,
+        }
 
     try:
         results = await asyncio.gather(*(one(p) for p in proofs))
     except StoreUnavailable as exc:
-        raise HTTPProblem(503, "store_unavailable", "Store unavailable", str(exc), headers={"Retry-After": "1"}) from exc
-    summary = {"accepted": sum(1 for r in results if r.get("valid")), "rejected": sum(1 for r in results if not r.get("valid"))}
+        raise HTTPProblem(
+            503, "store_unavailable", "Store unavailable", str(exc), headers={"Retry-After": "1"}
+        ) from exc
+    summary = {
+        "accepted": sum(1 for r in results if r.get("valid")),
+        "rejected": sum(1 for r in results if not r.get("valid")),
+    }
     return json_response({"results": results, **summary})
 
 
