@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_vectors import VECTORS
+from tests.conftest import SHARED_VECTORS as VECTORS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

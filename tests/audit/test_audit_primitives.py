@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from audit_vectors import VECTORS
+from tests.conftest import SHARED_VECTORS as VECTORS
 
 from proof_messenger.audit.errors import DecryptionError
 from proof_messenger.audit.primitives import (
