@@ -10,8 +10,8 @@
 #   systemctl enable --now proof-messenger
 #
 # Environment overrides (for packaging or staging): PYTHON, PREFIX, CONF_DIR, STATE_DIR,
-# UNIT_DIR, SERVICE_USER (the units name /opt/proof-messenger, /etc/proof-messenger and
-# /var/lib/proof-messenger: change them with a drop-in if you move these).
+# UNIT_DIR, SERVICE_USER, RELOAD_SYSTEMD=auto|no. The units name /opt/proof-messenger,
+# /etc/proof-messenger and /var/lib/proof-messenger: use a drop-in if you move these.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +23,7 @@ CONF_DIR="${CONF_DIR:-/etc/proof-messenger}"
 STATE_DIR="${STATE_DIR:-/var/lib/proof-messenger}"
 UNIT_DIR="${UNIT_DIR:-/etc/systemd/system}"
 SERVICE_USER="${SERVICE_USER:-proof-messenger}"
+RELOAD_SYSTEMD="${RELOAD_SYSTEMD:-auto}"
 package="${1:-$repo_root}"
 
 log() { printf 'install.sh: %s\n' "$*"; }
@@ -52,7 +53,6 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
     "$PYTHON" -m venv "$PREFIX/venv"
 fi
 log "installing $package"
-"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
 "$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --upgrade "$package"
 "$PREFIX/venv/bin/proof-messenger" --help >/dev/null
 
@@ -75,13 +75,13 @@ install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
 install -d -m 0755 "$UNIT_DIR"
 install -m 0644 "$here/proof-messenger.service" "$UNIT_DIR/proof-messenger.service"
 install -m 0644 "$here/proof-messenger@.service" "$UNIT_DIR/proof-messenger@.service"
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+if [ "$RELOAD_SYSTEMD" != no ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     systemctl daemon-reload
     if systemctl is-active --quiet proof-messenger; then
         log "proof-messenger is running: restart it to load the new version (migrations run at start)"
     fi
 else
-    log "systemd is not running here; units installed to $UNIT_DIR"
+    log "systemd not reloaded; units installed to $UNIT_DIR"
 fi
 
 log "done. Next: edit $CONF_DIR/relay.yaml and $CONF_DIR/env, then: systemctl enable --now proof-messenger"
