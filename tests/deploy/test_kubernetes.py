@@ -68,13 +68,14 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
         kv.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
 
 
-def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+def test_kustomization_lists_every_manifest_but_the_examples() -> None:
     kustomization = _one("kustomization.yaml")
     assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
     assert kustomization["kind"] == "Kustomization"
     resources = kustomization["resources"]
     assert len(resources) == len(set(resources))
-    assert set(resources) == {p.name for p in MANIFESTS} - {"secret.example.yaml"}
+    # Examples (the Secret, the one-off migration Job) are applied by hand, never by -k.
+    assert set(resources) == {p.name for p in MANIFESTS if not p.name.endswith(".example.yaml")}
     image = _container()["image"].rsplit(":", 1)[0]
     assert [i["name"] for i in kustomization["images"]] == [image]
 
@@ -190,3 +191,20 @@ def test_service_hpa_and_pdb_point_at_the_deployment() -> None:
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     # A PDB of minAvailable 1 only protects anything with at least two replicas.
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+
+
+def test_migration_job_matches_the_deployment() -> None:
+    job = _one("migrate-job.example.yaml")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["db", "upgrade"]
+    assert container["image"] == _container()["image"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert (
+        pod["securityContext"]
+        == _one("deployment.yaml")["spec"]["template"]["spec"]["securityContext"]
+    )
+    deployment_env = {e["name"]: e for e in _container()["env"]}
+    for var in container["env"]:
+        assert deployment_env[var["name"]] == var
