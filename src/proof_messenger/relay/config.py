@@ -41,8 +41,8 @@ class VerificationSettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
-    max_body_bytes: int = 256 * 1024
-    request_timeout_seconds: float = 10.0
+    max_body_bytes: int = 1024 * 1024  # keep proxies' client_max_body_size equal (1m)
+    request_timeout_seconds: float = 30.0
     rate_limit_per_second: float = 100.0
     rate_limit_burst: int = 200
     max_batch: int = 100
@@ -69,7 +69,7 @@ class Settings:
     access_log: bool = True
     public_url: str | None = None
     master_key_file: str = "./data/master.key"
-    log_key_file: str = "./data/log.key"
+    log_key_file: str = "./data/log-signing.key"
     redis_url: str | None = None
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     verification: VerificationSettings = field(default_factory=VerificationSettings)
