@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ERROR_CLASSES",
     "ApprovalExpired",
     "ApprovalMismatch",
-    "ERROR_CLASSES",
     "Expired",
     "InvalidContext",
     "InvalidSignature",

@@ -1,0 +1,114 @@
+"""Transaction-context rules (protocol §1).
+
+A context is what the person approves, so every value must have exactly one
+meaning: text, integers in [-2^63, 2^63-1], booleans, null, arrays and maps with
+text keys. Floats are refused because 0.1 + 0.2 is not an amount of money; amounts
+are integers in minor units (``amount_minor``) or decimal strings.
+
+Depth counts containers: the context map itself is depth 1, a map or array inside
+it depth 2, and so on; the default limit is 8. Size is the length of the context's
+deterministic CBOR encoding; the default limit is 8 KiB.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import cbor
+from .errors import InvalidContext
+
+__all__ = ["DEFAULT_LIMITS", "TYPE_PATTERN", "ContextLimits", "to_plain", "validate_context"]
+
+TYPE_PATTERN = re.compile(r"[a-z0-9_.\-]{1,64}")
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ContextLimits:
+    max_depth: int = 8
+    max_bytes: int = 8192
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= cbor.MAX_DEPTH - 2:
+            raise ValueError(f"max_depth must be between 1 and {cbor.MAX_DEPTH - 2}")
+        if self.max_bytes < 16:
+            raise ValueError("max_bytes must be at least 16")
+
+
+DEFAULT_LIMITS = ContextLimits()
+
+
+def validate_context(ctx: Any, limits: ContextLimits = DEFAULT_LIMITS) -> bytes:
+    """Check ``ctx`` against §1 and return its deterministic encoding.
+
+    Raises :class:`InvalidContext` whose message starts with the path of the
+    offending value, e.g. ``ctx.recipient.iban: floats are not allowed``.
+    """
+    if not isinstance(ctx, Mapping):
+        raise InvalidContext(f"ctx: must be a map, not {_kind(ctx)}")
+    _check(ctx, "ctx", 1, limits.max_depth)
+    kind = ctx.get("type")
+    if kind is None:
+        raise InvalidContext("ctx.type: required key is missing")
+    if not isinstance(kind, str) or TYPE_PATTERN.fullmatch(kind) is None:
+        raise InvalidContext("ctx.type: must be 1-64 characters of [a-z0-9_.-]")
+    encoded = cbor.encode(to_plain(ctx))
+    if len(encoded) > limits.max_bytes:
+        raise InvalidContext(
+            f"ctx: encoded size {len(encoded)} bytes exceeds the limit of {limits.max_bytes}"
+        )
+    return encoded
+
+
+def _check(value: Any, path: str, depth: int, max_depth: int) -> None:
+    if isinstance(value, Mapping):
+        if depth > max_depth:
+            raise InvalidContext(f"{path}: nesting deeper than {max_depth}")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidContext(f"{path}: map keys must be text, not {_kind(key)}")
+            _check(item, f"{path}.{key}", depth + 1, max_depth)
+    elif isinstance(value, list | tuple):
+        if depth > max_depth:
+            raise InvalidContext(f"{path}: nesting deeper than {max_depth}")
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]", depth + 1, max_depth)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidContext(f"{path}: integer outside [-2^63, 2^63-1]")
+    elif isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, float):
+        raise InvalidContext(
+            f"{path}: floats are not allowed (use integer minor units or a decimal string)"
+        )
+    else:
+        raise InvalidContext(f"{path}: {_kind(value)} values are not allowed")
+
+
+def _check_text(value: str, path: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidContext(f"{path}: text is not valid Unicode (lone surrogate)") from exc
+
+
+def to_plain(value: Any) -> Any:
+    """Normalise tuples and Mapping subclasses so cbor2 encodes them as arrays and maps."""
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return "byte string"
+    return type(value).__name__

@@ -1,0 +1,30 @@
+"""Shared test fixtures: where the public and project vectors live."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VECTORS = REPO.parent / "shared" / "vectors"
+PROJECT_VECTORS = REPO / "tests" / "vectors"
+
+
+def shared_vector(*parts: str) -> Path:
+    path = SHARED_VECTORS.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"public test vectors missing: {path} (shared/ must sit beside the repo)")
+    return path
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def protocol_vectors() -> dict[str, Any]:
+    data: dict[str, Any] = load_json(PROJECT_VECTORS / "protocol-v1.json")
+    return data
