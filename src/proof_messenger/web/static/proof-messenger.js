@@ -25,8 +25,13 @@ const TYPE_PATTERN = /^[a-z0-9_.-]{1,64}$/;
 const NONCE_MIN = 16;
 const NONCE_MAX = 64;
 const INTENT_KEYS = ["v", "ctx", "aud", "sub", "iat", "exp", "nonce"];
-/** Hard nesting bound for the generic encoder/decoder, so a cycle or hostile input cannot blow the stack. */
-const HARD_MAX_DEPTH = 64;
+/**
+ * Hard nesting bound for the generic encoder and the decoder, so a cycle or hostile input cannot
+ * exhaust the stack; the same bound as the Python decoder (context limits are separate).
+ */
+const HARD_MAX_DEPTH = 32;
+const MAX_AUD_CHARS = 253;
+const MAX_SUB_CHARS = 256;
 
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
@@ -65,10 +70,13 @@ export class ProofMessengerError extends Error {
   }
 }
 
-/** @param {string} path @param {string|number} key */
+/**
+ * Path of a child value, spelled as the Python library spells it: `ctx.recipient.iban`,
+ * `ctx.items[0]`.
+ * @param {string} path @param {string|number} key
+ */
 function childPath(path, key) {
-  if (typeof key === "number") return `${path}[${key}]`;
-  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
+  return typeof key === "number" ? `${path}[${key}]` : `${path}.${key}`;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -385,7 +393,7 @@ function encodeInto(w, value, path, code, depth, stack) {
 
 /**
  * @typedef {Object} DecodeOptions
- * @property {number} [maxDepth] nesting bound (default 64)
+ * @property {number} [maxDepth] nesting bound (default 32)
  */
 
 /**
@@ -394,7 +402,8 @@ function encodeInto(w, value, path, code, depth, stack) {
  * Accepts exactly what {@link encodeCbor} produces. Rejects, with code `non_canonical_encoding`:
  * non-shortest integer/length heads, indefinite lengths, map keys out of bytewise order or
  * duplicated. Rejects, with code `malformed_intent`: truncated input, trailing bytes, tags,
- * floats, undefined and other simple values, non-text map keys, invalid UTF-8.
+ * floats, undefined and other simple values, non-text map keys, invalid UTF-8, integers below
+ * -2^63, nesting deeper than 32. This is the same classification as the Python decoder.
  *
  * Maps decode to plain objects, byte strings to Uint8Array, integers to Number when they are
  * safe integers and to BigInt otherwise.
@@ -477,11 +486,13 @@ function readBytes(r, len, start) {
  * @returns {unknown}
  */
 function decodeItem(r, depth) {
+  if (depth > r.maxDepth) throw malformed(`nesting deeper than ${r.maxDepth}`, r.pos);
   const { major, info, arg, start } = readHead(r);
   switch (major) {
     case 0:
       return intValue(arg);
     case 1:
+      if (-1n - arg < INT64_MIN) throw malformed("integer below -2^63", start);
       return intValue(-1n - arg);
     case 2:
       return readBytes(r, arg, start);
@@ -494,14 +505,12 @@ function decodeItem(r, depth) {
       }
     }
     case 4: {
-      if (depth >= r.maxDepth) throw malformed(`nesting deeper than ${r.maxDepth}`, start);
       if (arg > BigInt(r.bytes.length - r.pos)) throw malformed("array length runs past the end of input", start);
       const out = [];
       for (let i = 0n; i < arg; i++) out.push(decodeItem(r, depth + 1));
       return out;
     }
     case 5: {
-      if (depth >= r.maxDepth) throw malformed(`nesting deeper than ${r.maxDepth}`, start);
       if (arg * 2n > BigInt(r.bytes.length - r.pos)) throw malformed("map length runs past the end of input", start);
       const out = {};
       let prevKey = null;
@@ -570,17 +579,19 @@ export function validateContext(ctx, limits = {}) {
     throw new ProofMessengerError("invalid_context", "the context must be a map (object)", { path: "ctx" });
   }
   checkContextValue(ctx, "ctx", 1, maxDepth, new Set());
-  const type = ctx instanceof Map ? ctx.get("type") : /** @type {Record<string, unknown>} */ (ctx).type;
   const hasType = ctx instanceof Map ? ctx.has("type") : Object.prototype.hasOwnProperty.call(ctx, "type");
-  if (!hasType) throw new ProofMessengerError("invalid_context", "required key `type` is missing", { path: "ctx" });
+  const type = !hasType ? undefined : ctx instanceof Map ? ctx.get("type") : /** @type {any} */ (ctx).type;
+  if (type === undefined || type === null) {
+    throw new ProofMessengerError("invalid_context", "required key is missing", { path: "ctx.type" });
+  }
   if (typeof type !== "string" || !TYPE_PATTERN.test(type)) {
-    throw new ProofMessengerError("invalid_context", "must be text of 1-64 characters from [a-z0-9_.-]", {
+    throw new ProofMessengerError("invalid_context", "must be 1-64 characters of [a-z0-9_.-]", {
       path: "ctx.type",
     });
   }
   const encoded = encodeCbor(ctx, { path: "ctx", code: "invalid_context" });
   if (encoded.length > maxBytes) {
-    throw new ProofMessengerError("invalid_context", `encoded size ${encoded.length} bytes exceeds ${maxBytes}`, {
+    throw new ProofMessengerError("invalid_context", `encoded size ${encoded.length} bytes exceeds the limit of ${maxBytes}`, {
       path: "ctx",
     });
   }
@@ -602,21 +613,23 @@ function checkContextValue(value, path, depth, maxDepth, stack) {
     return;
   }
   if (typeof value === "number") {
-    if (!Number.isFinite(value) || !Number.isInteger(value)) throw fail("floats are not allowed");
+    if (!Number.isFinite(value) || !Number.isInteger(value)) {
+      throw fail("floats are not allowed (use integer minor units or a decimal string)");
+    }
     if (!Number.isSafeInteger(value)) throw fail("integer beyond ±(2^53-1) must be passed as a BigInt");
     return;
   }
   if (typeof value === "bigint") {
-    if (value < INT64_MIN || value > INT64_MAX) throw fail("integer out of range [-2^63, 2^63-1]");
+    if (value < INT64_MIN || value > INT64_MAX) throw fail("integer outside [-2^63, 2^63-1]");
     return;
   }
-  if (value instanceof Uint8Array) throw fail("byte strings are not allowed in a context");
+  if (value instanceof Uint8Array) throw fail("byte string values are not allowed");
   const isArray = Array.isArray(value);
   if (!isArray && !(value instanceof Map) && !isPlainObject(value)) {
     const kind = typeof value === "object" ? value.constructor?.name ?? "object" : typeof value;
-    throw fail(`unsupported type ${kind}`);
+    throw fail(`${kind} values are not allowed`);
   }
-  if (depth > maxDepth) throw fail(`nesting depth exceeds ${maxDepth}`);
+  if (depth > maxDepth) throw fail(`nesting deeper than ${maxDepth}`);
   const obj = /** @type {object} */ (value);
   if (stack.has(obj)) throw fail("cyclic structure");
   stack.add(obj);
@@ -665,6 +678,11 @@ function checkContextValue(value, path, depth, maxDepth, stack) {
  * @returns {{intent: Intent, intentBytes: Uint8Array}}
  */
 export function buildIntent({ ctx, aud, sub, ttl = 300, nonce, iat, limits }) {
+  if (!Number.isSafeInteger(ttl) || ttl <= 0) {
+    throw new ProofMessengerError("invalid_argument", "must be a positive integer number of seconds", {
+      path: "ttl",
+    });
+  }
   const issuedAt = iat ?? Math.floor(Date.now() / 1000);
   const intent = {
     v: /** @type {1} */ (1),
@@ -672,68 +690,72 @@ export function buildIntent({ ctx, aud, sub, ttl = 300, nonce, iat, limits }) {
     aud,
     sub,
     iat: issuedAt,
-    exp: typeof issuedAt === "number" && typeof ttl === "number" ? issuedAt + ttl : NaN,
+    exp: Number.isSafeInteger(issuedAt) ? issuedAt + ttl : NaN,
     nonce: nonce ?? crypto.getRandomValues(new Uint8Array(32)),
   };
-  if (!Number.isSafeInteger(ttl) || ttl <= 0) {
-    throw new ProofMessengerError("invalid_argument", "ttl must be a positive integer number of seconds", {
-      path: "ttl",
-    });
-  }
   return { intent, intentBytes: encodeIntent(intent, limits) };
 }
 
 /**
- * Checks the §2 shape of an intent and returns its deterministic CBOR encoding.
+ * Checks the §1-§2 rules for an intent (the same rules, in the same order, as the Python
+ * library's `Intent.validate`) and returns its deterministic CBOR encoding.
  * @param {Intent} intent
  * @param {ContextLimits} [limits]
  * @returns {Uint8Array}
- * @throws {ProofMessengerError} `invalid_context` for the context, `malformed_intent` otherwise
+ * @throws {ProofMessengerError} `unsupported_version`, `malformed_intent` or `invalid_context`
  */
 export function encodeIntent(intent, limits) {
-  checkIntentFields(intent, "malformed_intent");
-  validateContext(intent.ctx, limits);
-  return encodeCbor(
-    { v: intent.v, ctx: intent.ctx, aud: intent.aud, sub: intent.sub, iat: intent.iat, exp: intent.exp, nonce: intent.nonce },
-    { path: "intent", code: "malformed_intent" },
-  );
+  checkIntentKeys(intent);
+  checkIntentFields(intent, limits);
+  const { v, ctx, aud, sub, iat, exp, nonce } = intent;
+  return encodeCbor({ v, ctx, aud, sub, iat, exp, nonce }, { path: "intent", code: "malformed_intent" });
+}
+
+/** @param {unknown} intent */
+function checkIntentKeys(intent) {
+  if (!isPlainObject(intent)) {
+    throw new ProofMessengerError("malformed_intent", "must be a CBOR map", { path: "intent" });
+  }
+  const keys = Object.keys(/** @type {object} */ (intent));
+  const missing = INTENT_KEYS.filter((k) => !keys.includes(k)).sort();
+  const extra = keys.filter((k) => !INTENT_KEYS.includes(k)).sort();
+  if (missing.length || extra.length) {
+    const parts = [];
+    if (missing.length) parts.push(`missing ${missing.join(", ")}`);
+    if (extra.length) parts.push(`unexpected ${extra.join(", ")}`);
+    throw new ProofMessengerError("malformed_intent", parts.join("; "), { path: "intent" });
+  }
 }
 
 /**
- * @param {unknown} intent
- * @param {string} code
+ * @param {any} it an object with exactly the intent keys
+ * @param {ContextLimits} [limits]
  */
-function checkIntentFields(intent, code) {
-  const fail = (/** @type {string} */ detail, /** @type {string} */ path) =>
-    new ProofMessengerError(code, detail, { path });
-  if (!isPlainObject(intent)) throw fail("the intent must be a map", "intent");
-  const it = /** @type {Record<string, unknown>} */ (intent);
-  const keys = Object.keys(it);
-  for (const k of keys) if (!INTENT_KEYS.includes(k)) throw fail("unexpected key", childPath("intent", k));
-  for (const k of INTENT_KEYS) if (!keys.includes(k)) throw fail("required key is missing", childPath("intent", k));
-  if (it.v !== 1 && it.v !== 1n) {
-    throw new ProofMessengerError("unsupported_version", `intent version ${String(it.v)} is not supported`, {
-      path: "intent.v",
-    });
+function checkIntentFields(it, limits) {
+  const fail = (/** @type {string} */ path, /** @type {string} */ detail) =>
+    new ProofMessengerError("malformed_intent", detail, { path });
+  const isInt = (/** @type {unknown} */ n) => Number.isSafeInteger(n) || typeof n === "bigint";
+  if (!isInt(it.v)) throw fail("v", "must be an unsigned integer");
+  if (BigInt(it.v) !== 1n) {
+    throw new ProofMessengerError("unsupported_version", `intent version ${it.v} is not supported`, { path: "v" });
   }
-  for (const k of ["aud", "sub"]) {
-    if (typeof it[k] !== "string" || !isWellFormedString(/** @type {string} */ (it[k]))) {
-      throw fail("must be text", `intent.${k}`);
-    }
+  for (const [name, max] of /** @type {Array<[string, number]>} */ ([["aud", MAX_AUD_CHARS], ["sub", MAX_SUB_CHARS]])) {
+    const value = it[name];
+    if (typeof value !== "string" || !isWellFormedString(value)) throw fail(name, "must be a text string");
+    const chars = [...value].length; // code points, as Python counts them
+    if (chars < 1 || chars > max) throw fail(name, `must be 1-${max} characters`);
+    if (/[\u0000-\u001f\u007f]/.test(value)) throw fail(name, "control characters are not allowed");
   }
-  for (const k of ["iat", "exp"]) {
-    const n = it[k];
-    const ok =
-      (typeof n === "number" && Number.isSafeInteger(n) && n >= 0) ||
-      (typeof n === "bigint" && n >= 0n && n <= UINT64_MAX);
-    if (!ok) throw fail("must be an unsigned integer (Unix seconds)", `intent.${k}`);
+  for (const name of ["iat", "exp"]) {
+    const n = it[name];
+    if (!isInt(n) || BigInt(n) < 0n || BigInt(n) > INT64_MAX) throw fail(name, "must be an unsigned integer below 2^63");
   }
-  if (!(BigInt(/** @type {number} */ (it.iat)) < BigInt(/** @type {number} */ (it.exp)))) {
-    throw fail("must be later than iat", "intent.exp");
+  if (!(BigInt(it.iat) < BigInt(it.exp))) throw fail("exp", "must be later than iat");
+  if (!(it.nonce instanceof Uint8Array)) throw fail("nonce", "must be a byte string");
+  if (it.nonce.length < NONCE_MIN || it.nonce.length > NONCE_MAX) {
+    throw fail("nonce", `must be ${NONCE_MIN}-${NONCE_MAX} bytes`);
   }
-  if (!(it.nonce instanceof Uint8Array) || it.nonce.length < NONCE_MIN || it.nonce.length > NONCE_MAX) {
-    throw fail(`must be ${NONCE_MIN}-${NONCE_MAX} bytes`, "intent.nonce");
-  }
+  validateContext(it.ctx, limits);
 }
 
 /**
@@ -747,8 +769,8 @@ function checkIntentFields(intent, code) {
  */
 export function decodeIntent(intentBytes, limits) {
   const intent = decodeCbor(intentBytes);
-  checkIntentFields(intent, "malformed_intent");
-  validateContext(/** @type {Intent} */ (intent).ctx, limits);
+  checkIntentKeys(intent);
+  checkIntentFields(intent, limits);
   return /** @type {Intent} */ (intent);
 }
 
