@@ -23,6 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proof_messenger.protocol import (
+    ALG_WEBAUTHN_ES256,
+    ResolvedKey,
+    Verifier,
+    VerifierSettings,
+    single_key_resolver,
+)
 from tests.conftest import PROJECT_VECTORS, load_json, shared_vector
 
 pytestmark = pytest.mark.browser
@@ -576,6 +583,16 @@ def test_device_key_signature_verifies_in_python(page: Any) -> None:
     assert r["cbor"] == canonical(as_bytes).hex()
     assert r["extractable"] is False
     assert r["usages"] == ["sign"]
+    # and the project's own verifier accepts both forms
+    public_key = serialization.load_der_public_key(spki)
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    verifier = Verifier(
+        VerifierSettings(audience="bank.example"), single_key_resolver(public_key, sub="alice")
+    )
+    assert (
+        verifier.verify(r["json"]).proof_id
+        == verifier.verify(bytes.fromhex(r["cbor"]), cbor=True).proof_id
+    )
 
 
 def test_device_key_private_key_cannot_be_exported(page: Any) -> None:
@@ -690,7 +707,8 @@ def test_passkey_registration_and_intent_assertion(
                                                       rpId: "localhost",
                                                       userVerification: "required"});
           const digest = await pm.intentDigest(intentBytes);
-          return {env, digest: t.hex(digest), cbor: t.hex(pm.envelopeToCbor(env))};
+          return {env, digest: t.hex(digest), cbor: t.hex(pm.envelopeToCbor(env)),
+                  json: pm.envelopeToJson(env)};
         }""",
         b64u(credential_id),
     )
@@ -753,6 +771,31 @@ def test_passkey_registration_and_intent_assertion(
         credential_current_sign_count=0,
         require_user_verification=True,
     )
+    # the project's own verifier accepts the passkey proof in both forms
+    verifier = Verifier(
+        VerifierSettings(
+            audience="localhost",
+            webauthn_origins=frozenset({origin}),
+            require_user_verification=True,
+        ),
+        lambda kid: (
+            ResolvedKey(
+                kid=kid,
+                alg=ALG_WEBAUTHN_ES256,
+                public_key=public_key,
+                public_key_der=public_key.public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                ),
+                sub="alice",
+            )
+            if kid == b64u(credential_id)
+            else None
+        ),
+    )
+    accepted = verifier.verify(r["json"])
+    assert accepted.user_verified and accepted.proof_id == b64u(digest)
+    assert verifier.verify(bytes.fromhex(r["cbor"]), cbor=True).proof_id == accepted.proof_id
+    assert json.loads(r["json"]) == env
     byte_fields = ("intent", "sig", "authenticator_data", "client_data_json")
     as_bytes = {k: (unb64u(v) if k in byte_fields else v) for k, v in env.items()}
     assert r["cbor"] == canonical(as_bytes).hex()
