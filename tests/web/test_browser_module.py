@@ -303,6 +303,25 @@ def test_decoder_rejects_non_deterministic_and_malformed_input(shared_page: Any)
     assert got == cases
 
 
+def test_decoded_proto_key_stays_data(shared_page: Any) -> None:
+    data = canonical({"__proto__": {"polluted": True}, "type": "x"})
+    r = shared_page.evaluate(
+        """(h) => {
+          const v = pm.decodeCbor(t.unhex(h));
+          return {own: Object.keys(v), protoIsObject: Object.getPrototypeOf(v) === Object.prototype,
+                  polluted: ({}).polluted === true || v.polluted === true,
+                  again: t.hex(pm.encodeCbor(v))};
+        }""",
+        data.hex(),
+    )
+    assert r == {
+        "own": ["type", "__proto__"],  # canonical order: shorter key first
+        "protoIsObject": True,
+        "polluted": False,
+        "again": data.hex(),
+    }
+
+
 # --- property tests against cbor2 -----------------------------------------------------------------
 KEYS = st.text(max_size=8).filter(lambda k: k not in ("$bytes", "$bigint"))
 SCALARS = (

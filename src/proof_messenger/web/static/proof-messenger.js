@@ -449,7 +449,8 @@ function readHead(r) {
   if (info < 24) return { major, info, arg: BigInt(info), start };
   if (info === 31) {
     if (major === 7) throw malformed("unexpected break byte", start);
-    if (major === 0 || major === 1 || major === 6) throw malformed("invalid additional information 31", start);
+    if (major === 0 || major === 1 || major === 6)
+      throw malformed("invalid additional information 31", start);
     throw nonCanonical("indefinite-length item", start);
   }
   if (info > 27) throw malformed(`reserved additional information ${info}`, start);
@@ -505,13 +506,15 @@ function decodeItem(r, depth) {
       }
     }
     case 4: {
-      if (arg > BigInt(r.bytes.length - r.pos)) throw malformed("array length runs past the end of input", start);
+      if (arg > BigInt(r.bytes.length - r.pos))
+        throw malformed("array length runs past the end of input", start);
       const out = [];
       for (let i = 0n; i < arg; i++) out.push(decodeItem(r, depth + 1));
       return out;
     }
     case 5: {
-      if (arg * 2n > BigInt(r.bytes.length - r.pos)) throw malformed("map length runs past the end of input", start);
+      if (arg * 2n > BigInt(r.bytes.length - r.pos))
+        throw malformed("map length runs past the end of input", start);
       const out = {};
       let prevKey = null;
       for (let i = 0n; i < arg; i++) {
@@ -591,9 +594,8 @@ export function validateContext(ctx, limits = {}) {
   }
   const encoded = encodeCbor(ctx, { path: "ctx", code: "invalid_context" });
   if (encoded.length > maxBytes) {
-    throw new ProofMessengerError("invalid_context", `encoded size ${encoded.length} bytes exceeds the limit of ${maxBytes}`, {
-      path: "ctx",
-    });
+    const detail = `encoded size ${encoded.length} bytes exceeds the limit of ${maxBytes}`;
+    throw new ProofMessengerError("invalid_context", detail, { path: "ctx" });
   }
   return encoded;
 }
@@ -626,7 +628,7 @@ function checkContextValue(value, path, depth, maxDepth, stack) {
   if (value instanceof Uint8Array) throw fail("byte string values are not allowed");
   const isArray = Array.isArray(value);
   if (!isArray && !(value instanceof Map) && !isPlainObject(value)) {
-    const kind = typeof value === "object" ? value.constructor?.name ?? "object" : typeof value;
+    const kind = typeof value === "object" ? (value.constructor?.name ?? "object") : typeof value;
     throw fail(`${kind} values are not allowed`);
   }
   if (depth > maxDepth) throw fail(`nesting deeper than ${maxDepth}`);
@@ -737,9 +739,14 @@ function checkIntentFields(it, limits) {
   const isInt = (/** @type {unknown} */ n) => Number.isSafeInteger(n) || typeof n === "bigint";
   if (!isInt(it.v)) throw fail("v", "must be an unsigned integer");
   if (BigInt(it.v) !== 1n) {
-    throw new ProofMessengerError("unsupported_version", `intent version ${it.v} is not supported`, { path: "v" });
+    throw new ProofMessengerError("unsupported_version", `intent version ${it.v} is not supported`, {
+      path: "v",
+    });
   }
-  for (const [name, max] of /** @type {Array<[string, number]>} */ ([["aud", MAX_AUD_CHARS], ["sub", MAX_SUB_CHARS]])) {
+  for (const [name, max] of /** @type {Array<[string, number]>} */ ([
+    ["aud", MAX_AUD_CHARS],
+    ["sub", MAX_SUB_CHARS],
+  ])) {
     const value = it[name];
     if (typeof value !== "string" || !isWellFormedString(value)) throw fail(name, "must be a text string");
     const chars = [...value].length; // code points, as Python counts them
@@ -748,7 +755,8 @@ function checkIntentFields(it, limits) {
   }
   for (const name of ["iat", "exp"]) {
     const n = it[name];
-    if (!isInt(n) || BigInt(n) < 0n || BigInt(n) > INT64_MAX) throw fail(name, "must be an unsigned integer below 2^63");
+    if (!isInt(n) || BigInt(n) < 0n || BigInt(n) > INT64_MAX)
+      throw fail(name, "must be an unsigned integer below 2^63");
   }
   if (!(BigInt(it.iat) < BigInt(it.exp))) throw fail("exp", "must be later than iat");
   if (!(it.nonce instanceof Uint8Array)) throw fail("nonce", "must be a byte string");
@@ -846,21 +854,26 @@ function normaliseEnvelope(env, bytesTo) {
   /** @type {Record<string, unknown>} */
   const out = {};
   for (const k of Object.keys(env)) {
-    if (!ENVELOPE_ORDER.includes(k)) throw new ProofMessengerError("malformed_proof", "unexpected key", { path: `envelope.${k}` });
+    if (!ENVELOPE_ORDER.includes(k))
+      throw new ProofMessengerError("malformed_proof", "unexpected key", { path: `envelope.${k}` });
   }
   for (const k of ENVELOPE_ORDER) {
     const v = env[k];
     if (v === undefined) continue;
     if (ENVELOPE_BYTE_FIELDS.includes(k)) {
       const bytes = typeof v === "string" ? base64urlDecode(v) : v instanceof Uint8Array ? v : null;
-      if (!bytes) throw new ProofMessengerError("malformed_proof", "must be bytes or base64url", { path: `envelope.${k}` });
+      if (!bytes)
+        throw new ProofMessengerError("malformed_proof", "must be bytes or base64url", {
+          path: `envelope.${k}`,
+        });
       out[k] = bytesTo(bytes);
     } else {
       out[k] = v;
     }
   }
   for (const k of ["v", "alg", "kid", "intent", "sig"]) {
-    if (!(k in out)) throw new ProofMessengerError("malformed_proof", "required key is missing", { path: `envelope.${k}` });
+    if (!(k in out))
+      throw new ProofMessengerError("malformed_proof", "required key is missing", { path: `envelope.${k}` });
   }
   return out;
 }
@@ -881,10 +894,13 @@ export function envelopeToJson(env) {
  * @returns {Uint8Array}
  */
 export function envelopeToCbor(env) {
-  return encodeCbor(normaliseEnvelope(/** @type {Record<string, unknown>} */ (env), (b) => b), {
-    path: "envelope",
-    code: "malformed_proof",
-  });
+  return encodeCbor(
+    normaliseEnvelope(/** @type {Record<string, unknown>} */ (env), (b) => b),
+    {
+      path: "envelope",
+      code: "malformed_proof",
+    },
+  );
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -918,7 +934,8 @@ function openDb() {
     const req = indexedDB.open(DB_NAME, 1);
     req.onupgradeneeded = () => req.result.createObjectStore(DB_STORE);
     req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(new ProofMessengerError("storage_error", "cannot open IndexedDB", { cause: req.error }));
+    req.onerror = () =>
+      reject(new ProofMessengerError("storage_error", "cannot open IndexedDB", { cause: req.error }));
   });
 }
 
@@ -937,7 +954,11 @@ async function withStore(mode, op) {
       const req = op(tx.objectStore(DB_STORE));
       tx.oncomplete = () => resolve(req.result);
       tx.onabort = tx.onerror = () =>
-        reject(new ProofMessengerError("storage_error", "IndexedDB transaction failed", { cause: tx.error ?? req.error }));
+        reject(
+          new ProofMessengerError("storage_error", "IndexedDB transaction failed", {
+            cause: tx.error ?? req.error,
+          }),
+        );
     });
   } finally {
     db.close();
@@ -976,7 +997,10 @@ export async function createDeviceKey({ keyName = "default", overwrite = false }
     throw new ProofMessengerError("invalid_argument", "keyName must be a non-empty string");
   }
   if (!overwrite && (await withStore("readonly", (s) => s.getKey(keyName))) !== undefined) {
-    throw new ProofMessengerError("key_exists", `a device key named ${JSON.stringify(keyName)} already exists`);
+    throw new ProofMessengerError(
+      "key_exists",
+      `a device key named ${JSON.stringify(keyName)} already exists`,
+    );
   }
   const pair = await subtle().generateKey(EC_PARAMS, false, ["sign", "verify"]);
   const { kid, spki } = await deviceKeyId(pair.publicKey);
@@ -1049,14 +1073,18 @@ export async function signIntentWithDeviceKey(keyPair, intentBytes) {
  * @returns {Uint8Array}
  */
 function credentialIdBytes(id) {
-  return typeof id === "string" ? base64urlDecode(id) : toBytes(/** @type {Uint8Array} */ (id), "credentialId");
+  return typeof id === "string"
+    ? base64urlDecode(id)
+    : toBytes(/** @type {Uint8Array} */ (id), "credentialId");
 }
 
 /** @param {unknown} err */
 function webauthnError(err) {
   const name = err instanceof Error ? err.name : "Error";
   const msg = err instanceof Error ? err.message : String(err);
-  return new ProofMessengerError("webauthn_failed", `WebAuthn ceremony failed: ${name}: ${msg}`, { cause: err });
+  return new ProofMessengerError("webauthn_failed", `WebAuthn ceremony failed: ${name}: ${msg}`, {
+    cause: err,
+  });
 }
 
 /** COSE algorithm identifier of ECDSA P-256 with SHA-256. */
@@ -1087,7 +1115,14 @@ function credentialsApi() {
  * @returns {Promise<Envelope>}
  * @throws {ProofMessengerError} `webauthn_failed` when the user cancels or the browser refuses
  */
-export async function signIntentWithPasskey({ intentBytes, credentialId, rpId, userVerification = "preferred", timeout, signal }) {
+export async function signIntentWithPasskey({
+  intentBytes,
+  credentialId,
+  rpId,
+  userVerification = "preferred",
+  timeout,
+  signal,
+}) {
   const bytes = toBytes(intentBytes, "intentBytes");
   if (typeof rpId !== "string" || rpId.length === 0) {
     throw new ProofMessengerError("invalid_argument", "rpId must be the relay's audience");
@@ -1097,7 +1132,10 @@ export async function signIntentWithPasskey({ intentBytes, credentialId, rpId, u
   const publicKey = {
     challenge: digest,
     rpId,
-    allowCredentials: credentialId === undefined || credentialId === null ? [] : [{ type: "public-key", id: credentialIdBytes(credentialId) }],
+    allowCredentials:
+      credentialId === undefined || credentialId === null
+        ? []
+        : [{ type: "public-key", id: credentialIdBytes(credentialId) }],
     userVerification,
   };
   if (timeout !== undefined) publicKey.timeout = timeout;
@@ -1135,14 +1173,24 @@ export async function signIntentWithPasskey({ intentBytes, credentialId, rpId, u
  */
 export async function registerPasskey(optionsJSON, { signal } = {}) {
   const opts = typeof optionsJSON === "string" ? JSON.parse(optionsJSON) : optionsJSON;
-  if (!isPlainObject(opts) || typeof opts.challenge !== "string" || !isPlainObject(opts.user) || !isPlainObject(opts.rp)) {
+  if (
+    !isPlainObject(opts) ||
+    typeof opts.challenge !== "string" ||
+    !isPlainObject(opts.user) ||
+    !isPlainObject(opts.rp)
+  ) {
     throw new ProofMessengerError("invalid_argument", "registration options need rp, user and challenge");
   }
   // The protocol's only passkey algorithm is webauthn.ES256: a credential of any other algorithm
   // (py_webauthn offers EdDSA and RS256 too by default) could never produce an acceptable proof.
-  const params = Array.isArray(opts.pubKeyCredParams) ? opts.pubKeyCredParams : [{ type: "public-key", alg: COSE_ES256 }];
+  const params = Array.isArray(opts.pubKeyCredParams)
+    ? opts.pubKeyCredParams
+    : [{ type: "public-key", alg: COSE_ES256 }];
   if (!params.some((/** @type {any} */ p) => p?.alg === COSE_ES256)) {
-    throw new ProofMessengerError("invalid_argument", "registration options do not allow ES256 (COSE alg -7)");
+    throw new ProofMessengerError(
+      "invalid_argument",
+      "registration options do not allow ES256 (COSE alg -7)",
+    );
   }
   /** @type {PublicKeyCredentialCreationOptions} */
   const publicKey = {
@@ -1150,7 +1198,10 @@ export async function registerPasskey(optionsJSON, { signal } = {}) {
     pubKeyCredParams: [{ type: "public-key", alg: COSE_ES256 }],
     challenge: base64urlDecode(opts.challenge),
     user: { ...opts.user, id: base64urlDecode(opts.user.id) },
-    excludeCredentials: (opts.excludeCredentials ?? []).map((/** @type {any} */ c) => ({ ...c, id: base64urlDecode(c.id) })),
+    excludeCredentials: (opts.excludeCredentials ?? []).map((/** @type {any} */ c) => ({
+      ...c,
+      id: base64urlDecode(c.id),
+    })),
   };
   const api = credentialsApi();
   let cred;
