@@ -829,6 +829,14 @@ def test_passkey_registration_and_intent_assertion(
         }"""
     )
     assert failure["ok"] is False and failure["code"] == "webauthn_failed"
+    wrong_rp = page.evaluate(
+        """async () => {
+          const {intentBytes} = pm.buildIntent({ctx: {type: "pay"}, aud: "bank.example",
+                                                sub: "alice"});
+          return t.attempt(() => pm.signIntentWithPasskey({intentBytes, rpId: "localhost"}));
+        }"""
+    )
+    assert wrong_rp["ok"] is False and wrong_rp["code"] == "invalid_argument"
 
     no_es256 = json.loads(webauthn.options_to_json(options))
     no_es256["pubKeyCredParams"] = [{"type": "public-key", "alg": -8}]

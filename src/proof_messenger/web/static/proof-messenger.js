@@ -1102,7 +1102,8 @@ function credentialsApi() {
  * @property {Uint8Array} intentBytes the intent to approve
  * @property {Uint8Array|string} [credentialId] restrict to one credential (bytes or base64url);
  *   omit to let the user pick a discoverable credential
- * @property {string} rpId the WebAuthn RP id; equals the intent's `aud`
+ * @property {string} [rpId] the WebAuthn RP id; must equal the intent's `aud` (the relay checks
+ *   rpIdHash = SHA-256(aud)), which is also the default
  * @property {UserVerificationRequirement} [userVerification] default "preferred"
  * @property {number} [timeout] milliseconds
  * @property {AbortSignal} [signal]
@@ -1124,14 +1125,22 @@ export async function signIntentWithPasskey({
   signal,
 }) {
   const bytes = toBytes(intentBytes, "intentBytes");
-  if (typeof rpId !== "string" || rpId.length === 0) {
-    throw new ProofMessengerError("invalid_argument", "rpId must be the relay's audience");
+  // Fail here, not at the relay: an assertion for another RP id can never verify.
+  const aud = /** @type {any} */ (decodeCbor(bytes))?.aud;
+  if (typeof aud !== "string") {
+    throw new ProofMessengerError("malformed_intent", "must be a text string", { path: "aud" });
+  }
+  if (rpId !== undefined && rpId !== aud) {
+    throw new ProofMessengerError(
+      "invalid_argument",
+      `rpId ${JSON.stringify(rpId)} differs from the intent's aud ${JSON.stringify(aud)}`,
+    );
   }
   const digest = await intentDigest(bytes);
   /** @type {PublicKeyCredentialRequestOptions} */
   const publicKey = {
     challenge: digest,
-    rpId,
+    rpId: aud,
     allowCredentials:
       credentialId === undefined || credentialId === null
         ? []
