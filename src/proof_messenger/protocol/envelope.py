@@ -101,6 +101,17 @@ class Proof:
         return cls._from_map(data, text_bytes=True, limits=limits)
 
     @classmethod
+    def from_mapping(
+        cls,
+        value: Mapping[str, Any],
+        *,
+        binary: bool,
+        limits: EnvelopeLimits = DEFAULT_ENVELOPE_LIMITS,
+    ) -> Proof:
+        """From an already-decoded map: base64url text fields, or bytes when ``binary``."""
+        return cls._from_map(value, text_bytes=not binary, limits=limits)
+
+    @classmethod
     def from_cbor(cls, data: bytes, limits: EnvelopeLimits = DEFAULT_ENVELOPE_LIMITS) -> Proof:
         if len(data) > limits.max_envelope_bytes:
             raise MalformedProof("envelope exceeds the size limit")

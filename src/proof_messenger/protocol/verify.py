@@ -139,6 +139,8 @@ class Verifier:
     # --- check 1 -------------------------------------------------------------------------------
     def parse(self, data: bytes | str | Mapping[str, Any], *, cbor: bool = False) -> Proof:
         limits = self.settings.envelope_limits
+        if isinstance(data, Mapping):
+            return Proof.from_mapping(data, binary=cbor, limits=limits)
         if cbor:
             if not isinstance(data, bytes):
                 raise TypeError("CBOR envelopes are bytes")

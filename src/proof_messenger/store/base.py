@@ -24,6 +24,7 @@ __all__ = [
     "AuditFilter",
     "AuditPage",
     "AuditRecord",
+    "ChainHead",
     "DuplicateKey",
     "KeyRecord",
     "OutboxEvent",
@@ -116,6 +117,17 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The chain-head row: last committed seq and its entry_hash (seq 0 / zeros when empty).
+
+    Comparing the rows with the head is what detects a truncated tail in ``verify_chain``.
+    """
+
+    seq: int
+    entry_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     record: AuditRecord | None  # None when the claim lost the race (replayed)
     replayed: bool = False
@@ -194,3 +206,6 @@ class Store(Protocol):
         ...
 
     async def audit_count(self) -> int: ...
+    async def chain_head(self) -> ChainHead:
+        """The committed chain head (added by the store work: ``audit verify`` needs it)."""
+        ...

@@ -1,0 +1,286 @@
+"""The relay's ASGI application.
+
+Middleware is plain ASGI (not Starlette's BaseHTTPMiddleware, which costs a task and
+a queue per request on the hot path). Every error leaves as RFC 9457 problem+json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..audit.crypto import Keyring, generate_master_key_file, load_keyring
+from ..protocol.errors import ProofMessengerError
+from ..store import open_store
+from ..store.base import Store, StoreUnavailable
+from .config import Settings
+from .metrics import metrics
+from .problems import HTTPProblem, problem_response
+from .ratelimit import LocalRateLimiter, RateLimiter
+from .routes import audit, docs, health, keys, verify
+from .service import VerificationService
+from .state import RelayState
+
+__all__ = ["create_app", "load_or_create_keyring", "store_from_settings"]
+
+log = structlog.get_logger("proof_messenger.http")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+#: Feature modules may append a function called at start-up with the state, returning
+#: extra routes; this is how approvals, webauthn, webhooks and the Merkle log plug in
+#: without the core importing them.
+Extension = Callable[[RelayState], list[Any]]
+
+
+def load_or_create_keyring(path: str) -> Keyring:
+    file = Path(path)
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        key_id = generate_master_key_file(file)
+        log.warning(
+            "master_key.generated",
+            path=str(file),
+            key_id=key_id,
+            hint="back this file up: audit contexts cannot be decrypted without it",
+        )
+    keyring = load_keyring(file)
+    for warning in keyring.warnings:
+        log.warning("master_key.permissions", path=str(file), detail=warning)
+    return keyring
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    keyring: Keyring | None = None,
+    limiter: RateLimiter | None = None,
+    clock: Callable[[], float] = time.time,
+    extensions: list[Extension] | None = None,
+) -> Starlette:
+    state_holder: dict[str, RelayState] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = store or store_from_settings(settings)
+        await db.open()
+        applied = await db.migrate()
+        if applied:
+            log.info("db.migrated", applied=applied)
+        ring = keyring or load_or_create_keyring(settings.master_key_file)
+        service = VerificationService(settings, db, ring, clock=clock)
+        state = RelayState(
+            settings=settings,
+            store=db,
+            keyring=ring,
+            service=service,
+            limiter=limiter or await _make_limiter(settings),
+            metrics=metrics(),
+            clock=clock,
+        )
+        app.state.relay = state
+        state_holder["state"] = state
+        for extension in extensions or default_extensions():
+            for route in extension(state):
+                app.router.routes.append(route)
+        log.info(
+            "relay.started", audience=settings.audience, database=_redact(settings.database.url)
+        )
+        try:
+            yield
+        finally:
+            for task in state.background:
+                task.cancel()
+            for task in state.background:
+                with contextlib.suppress(BaseException):
+                    await task
+            for closer in state.features.get("closers", []):
+                with contextlib.suppress(Exception):
+                    await closer()
+            await state.limiter.close()
+            await db.close()
+            log.info("relay.stopped")
+
+    middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]
+    if settings.cors.allow_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors.allow_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                max_age=600,
+            )
+        )
+    routes = [*health.routes, *verify.routes, *keys.routes, *audit.routes, *docs.routes]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            HTTPProblem: _problem_handler,
+            ProofMessengerError: _problem_handler,
+            StoreUnavailable: _store_unavailable_handler,
+            HTTPException: _http_exception_handler,
+            Exception: _internal_error_handler,
+        },
+    )
+    return app
+
+
+def store_from_settings(settings: Settings, *, max_connections: int | None = None) -> Store:
+    """The configured store (not opened). Raises ValueError for a bad URL."""
+    db = settings.database
+    if db.url.startswith("sqlite:"):
+        return open_store(db.url)
+    return open_store(
+        db.url,
+        max_connections=max_connections or db.max_connections,
+        connection_timeout=db.connection_timeout,
+        replica_dsns=db.replica_urls,
+    )
+
+
+async def _make_limiter(settings: Settings) -> RateLimiter:
+    rate, burst = settings.limits.rate_limit_per_second, settings.limits.rate_limit_burst
+    if settings.redis_url:
+        from .redis_ratelimit import RedisRateLimiter
+
+        limiter: RateLimiter = await RedisRateLimiter.connect(settings.redis_url, rate, burst)
+        return limiter
+    return LocalRateLimiter(rate, burst)
+
+
+def default_extensions() -> list[Extension]:
+    """Feature modules that register routes when they are installed."""
+    from importlib import import_module
+
+    found: list[Extension] = []
+    for name in ("approvals", "webauthn_routes", "webhooks_routes", "log_routes", "web_pages"):
+        try:
+            module = import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue
+        found.append(module.install)
+    return found
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+async def _problem_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPProblem | ProofMessengerError)
+    return problem_response(exc, instance=request.url.path)
+
+
+async def _store_unavailable_handler(request: Request, exc: Exception) -> Response:
+    log.error("store.unavailable", error=str(exc)[:300])
+    return problem_response(
+        HTTPProblem(
+            503,
+            "store_unavailable",
+            "Store unavailable",
+            "the relay's database is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        ),
+        instance=request.url.path,
+    )
+
+
+async def _http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: ("not_found", "Not found"), 405: ("method_not_allowed", "Method not allowed")}
+    code, title = codes.get(exc.status_code, ("http_error", "HTTP error"))
+    return problem_response(
+        HTTPProblem(exc.status_code, code, title, str(exc.detail)), instance=request.url.path
+    )
+
+
+async def _internal_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("internal_error", path=request.url.path)
+    return problem_response(
+        HTTPProblem(
+            500,
+            "internal_error",
+            "Internal error",
+            "an unexpected error occurred; it has been logged",
+        ),
+        instance=request.url.path,
+    )
+
+
+class RequestContextMiddleware:
+    """Request id, structured access log and in-flight gauge, in plain ASGI."""
+
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID.fullmatch(candidate):
+                    request_id = candidate
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        m = metrics()
+        m.in_flight.inc()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("ascii")))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            m.in_flight.dec()
+            route = _route_label(scope)
+            m.requests.labels(route, str(status)).inc()
+            if self.access_log:
+                log.info(
+                    "http.request",
+                    request_id=request_id,
+                    method=scope["method"],
+                    path=scope["path"][:200],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    api_key=scope.get("state", {}).get("api_key_id"),
+                )
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"

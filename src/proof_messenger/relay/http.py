@@ -1,0 +1,104 @@
+"""Request helpers shared by routes: bounded body reading, content types, JSON models."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+import msgspec
+from starlette.requests import ClientDisconnect, Request
+
+from .problems import HTTPProblem
+
+__all__ = ["decode_model", "is_cbor", "query_int", "read_body", "wants_cbor"]
+
+T = TypeVar("T")
+CBOR = "application/cbor"
+
+
+async def read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """Read at most ``limit`` bytes within ``seconds`` (slow bodies get 408)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPProblem(400, "malformed_request", "Bad Content-Length")
+        if int(declared) > limit:
+            raise HTTPProblem(
+                413,
+                "payload_too_large",
+                "Request body too large",
+                f"the body is {declared} bytes; the limit is {limit}",
+            )
+    chunks: list[bytes] = []
+    size = 0
+
+    async def _read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPProblem(
+                    413,
+                    "payload_too_large",
+                    "Request body too large",
+                    f"the limit is {limit} bytes",
+                )
+            chunks.append(chunk)
+
+    try:
+        async with asyncio.timeout(seconds):
+            await _read()
+    except TimeoutError as exc:
+        raise HTTPProblem(
+            408,
+            "request_timeout",
+            "Request timeout",
+            f"the request body did not arrive within {seconds:g} s",
+            headers={"Connection": "close"},
+        ) from exc
+    except ClientDisconnect as exc:
+        raise HTTPProblem(400, "malformed_request", "Client disconnected") from exc
+    return b"".join(chunks)
+
+
+def is_cbor(request: Request) -> bool:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype == CBOR:
+        return True
+    if ctype in ("application/json", ""):
+        return False
+    raise HTTPProblem(
+        415,
+        "unsupported_media_type",
+        "Unsupported media type",
+        "send application/json or application/cbor",
+    )
+
+
+def wants_cbor(request: Request) -> bool:
+    return CBOR in request.headers.get("accept", "")
+
+
+def decode_model(data: bytes, model: type[T]) -> T:
+    """Decode a JSON request body into a msgspec Struct; errors become 400 problems."""
+    try:
+        return msgspec.json.decode(data, type=model)
+    except msgspec.ValidationError as exc:
+        raise HTTPProblem(400, "invalid_request", "Invalid request", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise HTTPProblem(400, "malformed_request", "Malformed JSON", str(exc)) from exc
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid query", f"{name} must be an integer"
+        ) from exc
+    if not low <= value <= high:
+        raise HTTPProblem(400, "invalid_request", "Invalid query", f"{name} must be {low}-{high}")
+    return value

@@ -1,0 +1,69 @@
+"""Prometheus metrics. With several worker processes, prometheus_client's
+multiprocess mode aggregates them (the serve command sets PROMETHEUS_MULTIPROC_DIR)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "render"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.verifications = Counter(
+            "proof_messenger_verifications_total",
+            "Proof verifications by outcome and error code.",
+            ["outcome", "code"],
+        )
+        self.verify_latency = Histogram(
+            "proof_messenger_verify_duration_seconds",
+            "Time to verify one proof, audit write included.",
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.audit_write_latency = Histogram(
+            "proof_messenger_audit_write_duration_seconds",
+            "Time from audit append to commit (group commit included).",
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.requests = Counter(
+            "proof_messenger_http_requests_total",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+        )
+        self.in_flight = Gauge(
+            "proof_messenger_http_in_flight_requests",
+            "Requests being handled right now.",
+            multiprocess_mode="livesum",
+        )
+
+
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """The process-wide metrics (collectors register once per process)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics
+
+
+def render() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -1,0 +1,101 @@
+"""What every request handler can reach: settings, store, services, auth helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from ..audit.crypto import Keyring
+from ..store.base import ApiKeyRecord, Store, StoreUnavailable
+from . import apikeys
+from .config import Settings
+from .metrics import Metrics
+from .problems import HTTPProblem
+from .ratelimit import RateLimiter
+from .service import ClientInfo, VerificationService
+
+__all__ = ["RelayState", "relay_state"]
+
+
+@dataclass
+class RelayState:
+    settings: Settings
+    store: Store
+    keyring: Keyring
+    service: VerificationService
+    limiter: RateLimiter
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+    #: Feature modules (approvals, webhooks, log, policy...) hang their objects here.
+    features: dict[str, Any] = field(default_factory=dict)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def authenticate(self, request: Request, *scopes: str) -> ApiKeyRecord:
+        """Bearer API key with one of ``scopes``; then the key's rate limit."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPProblem(
+                401,
+                "unauthorized",
+                "Authentication required",
+                "send 'Authorization: Bearer <api key>'",
+                headers={"WWW-Authenticate": 'Bearer realm="proof-messenger"'},
+            )
+        parsed = apikeys.parse_api_key(token.strip())
+        record: ApiKeyRecord | None = None
+        if parsed is not None:
+            try:
+                record = await self.store.get_api_key(parsed.key_id)
+            except StoreUnavailable as exc:
+                raise HTTPProblem(503, "store_unavailable", "Store unavailable", str(exc)) from exc
+        # Compare even when the id is unknown, so timing does not reveal which ids exist.
+        stored_hash = record.secret_hash if record is not None else b"\x00" * 32
+        ok = apikeys.matches(token.strip(), stored_hash) and record is not None
+        if not ok or record is None or record.revoked_at is not None:
+            raise HTTPProblem(
+                401,
+                "invalid_api_key",
+                "Invalid API key",
+                "the API key is unknown, malformed or revoked",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        granted = apikeys.expand(record.scopes)
+        if scopes and not granted.intersection(scopes):
+            raise HTTPProblem(
+                403,
+                "insufficient_scope",
+                "Insufficient scope",
+                f"this route needs the scope {' or '.join(scopes)}",
+                required_scope=scopes[0],
+            )
+        retry_after = await self.limiter.acquire(record.id)
+        if retry_after is not None:
+            seconds = max(1, int(retry_after + 0.999))
+            raise HTTPProblem(
+                429,
+                "rate_limited",
+                "Too many requests",
+                f"rate limit for this API key exceeded; retry in {seconds} s",
+                headers={"Retry-After": str(seconds)},
+            )
+        request.state.api_key_id = record.id
+        return record
+
+    def client(self, request: Request) -> ClientInfo:
+        ip = request.client.host if request.client else None
+        return ClientInfo(
+            ip=ip,
+            user_agent=request.headers.get("user-agent"),
+            api_key_id=getattr(request.state, "api_key_id", None),
+        )
+
+
+def relay_state(request: Request) -> RelayState:
+    state: RelayState = request.app.state.relay
+    return state

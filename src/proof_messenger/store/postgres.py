@@ -1,0 +1,476 @@
+"""The PostgreSQL backend (asyncpg pool), correct with many relay processes on one database.
+
+* Chain: each group-commit batch locks the single ``chain_head`` row (``SELECT ... FOR
+  UPDATE``), so batches from different processes serialise and the chain never forks.
+* Replay: ``replay.digest`` is the PRIMARY KEY; a batch claims its digests with one
+  ``INSERT ... ON CONFLICT DO NOTHING RETURNING digest`` in the same transaction as the
+  audit rows, so an accepted proof is written exactly once or not at all.
+* Reads of the audit log may go to replicas (``replica_dsns``), falling back to the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from proof_messenger.audit.chain import seal, time_to_micros
+
+from ._common import (
+    AUDIT_SELECT,
+    ITER_CHUNK,
+    audit_record_from_row,
+    audit_row_values,
+    audit_where,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    load_migrations,
+)
+from .base import (
+    ApiKeyRecord,
+    AppendResult,
+    AuditDraft,
+    AuditFilter,
+    AuditPage,
+    AuditRecord,
+    ChainHead,
+    DuplicateKey,
+    KeyRecord,
+    OutboxEvent,
+    StoreError,
+    StoreUnavailable,
+)
+from .groupcommit import GroupCommitter, PendingAppend
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+
+# Arbitrary constant: "pm-migr" — serialises migrate() across processes.
+_MIGRATION_LOCK_ID = 0x706D2D6D696772
+_SELECT_KEY = (
+    "SELECT kid, sub, alg, public_key, label, status, created_at, revoked_at, revoke_reason, "
+    "sign_count, transports, attestation_format FROM keys"
+)
+_SELECT_API_KEY = "SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys"
+_INSERT_AUDIT = (
+    "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
+    "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
+    "context_key_id, context_ct, prev_hash, entry_hash) "
+    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
+    "$6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], "
+    "$13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[], "
+    "$19::bytea[])"
+)
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (event_id, event_type, payload, created_at, next_attempt_at) "
+    "SELECT e, t, p, c, c FROM unnest($1::text[], $2::text[], $3::bytea[], "
+    "$4::double precision[]) AS u(e, t, p, c)"
+)
+_CLAIM = (
+    "INSERT INTO replay (digest, accepted_at, event_id) "
+    "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) "
+    "ON CONFLICT (digest) DO NOTHING RETURNING digest"
+)
+
+# Errors that mean "the database is not there / not writable": the relay answers 503.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresError,
+)
+
+
+def _key_from_row(row: Sequence[Any]) -> KeyRecord:
+    return KeyRecord(
+        kid=row[0],
+        sub=row[1],
+        alg=row[2],
+        public_key=bytes(row[3]),
+        label=row[4],
+        status=row[5],
+        created_at=row[6],
+        revoked_at=row[7],
+        revoke_reason=row[8],
+        sign_count=row[9],
+        transports=tuple(row[10]),
+        attestation_format=row[11],
+    )
+
+
+def _api_key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row[0],
+        name=row[1],
+        secret_hash=bytes(row[2]),
+        scopes=tuple(row[3]),
+        created_at=row[4],
+        revoked_at=row[5],
+    )
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Map driver exceptions to the Store error tree (no raw asyncpg error leaks out)."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise StoreError(f"PostgreSQL constraint violated during {what}: {exc}") from exc
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc!r}") from exc
+
+
+class PostgresStore:
+    """``Store`` on PostgreSQL through an asyncpg pool."""
+
+    def __init__(
+        self,
+        dsn: str,
+        max_connections: int = 10,
+        connection_timeout: float = 5.0,
+        replica_dsns: Sequence[str] = (),
+        *,
+        max_batch: int = 256,
+        command_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_connections < 2:
+            raise ValueError("max_connections must be >= 2 (one is held by the batch writer)")
+        self.dsn = dsn
+        self._max_connections = max_connections
+        self._connection_timeout = connection_timeout
+        self._command_timeout = command_timeout
+        self._replica_dsns = tuple(replica_dsns)
+        self._clock = clock
+        self._pool: asyncpg.Pool | None = None
+        self._replicas: list[asyncpg.Pool] = []
+        self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def _make_pool(self, dsn: str, max_size: int) -> asyncpg.Pool:
+        # min_size=0: open() never blocks on an unreachable database; every acquire
+        # reconnects as needed, which is how the store recovers after an outage.
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn,
+            min_size=0,
+            max_size=max_size,
+            timeout=self._connection_timeout,
+            command_timeout=self._command_timeout,
+            max_inactive_connection_lifetime=60.0,
+        )
+        return pool
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        with _translate("open"):
+            self._pool = await self._make_pool(self.dsn, self._max_connections)
+            self._replicas = [
+                await self._make_pool(dsn, self._max_connections) for dsn in self._replica_dsns
+            ]
+        self._committer.start()
+
+    async def close(self) -> None:
+        await self._committer.stop()
+        pools = [p for p in (self._pool, *self._replicas) if p is not None]
+        self._pool, self._replicas = None, []
+        for pool in pools:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self._connection_timeout)
+            except _UNAVAILABLE:
+                pool.terminate()
+
+    def _primary(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailable("store is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, what: str, pool: asyncpg.Pool | None = None) -> AsyncIterator[Any]:
+        pool = pool or self._primary()
+        with _translate(what):
+            async with pool.acquire(timeout=self._connection_timeout) as con:
+                yield con
+
+    async def _read(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run a read on the first working replica, else on the primary."""
+        for replica in self._replicas:
+            try:
+                async with self._conn(what, replica) as con:
+                    return await fn(con)
+            except StoreUnavailable:
+                continue
+        async with self._conn(what) as con:
+            return await fn(con)
+
+    # --- migrations ----------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        migrations = load_migrations("postgres")
+        applied: list[str] = []
+        async with self._conn("migrate") as con:
+            await con.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
+            try:
+                await con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(name text PRIMARY KEY, applied_at double precision NOT NULL)"
+                )
+                done = {r[0] for r in await con.fetch("SELECT name FROM schema_migrations")}
+                for migration in migrations:
+                    if migration.name in done:
+                        continue
+                    async with con.transaction():
+                        await con.execute(migration.sql)
+                        await con.execute(
+                            "INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)",
+                            migration.name,
+                            self._clock(),
+                        )
+                    applied.append(migration.name)
+            finally:
+                with contextlib.suppress(*_UNAVAILABLE):
+                    await con.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
+        return applied
+
+    async def is_ready(self) -> bool:
+        wanted = {m.name for m in load_migrations("postgres")}
+        try:
+            async with self._conn("readiness check") as con:
+                if await con.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                    return False
+                done = {r[0] for r in await con.fetch("SELECT name FROM schema_migrations")}
+        except StoreError:
+            return False
+        return wanted <= done
+
+    # --- key registry --------------------------------------------------------------------------
+
+    async def insert_key(self, record: KeyRecord) -> None:
+        try:
+            async with self._conn("insert_key") as con:
+                await con.execute(
+                    "INSERT INTO keys (kid, sub, alg, public_key, label, status, created_at, "
+                    "revoked_at, revoke_reason, sign_count, transports, attestation_format) VALUES "
+                    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    record.kid,
+                    record.sub,
+                    record.alg,
+                    record.public_key,
+                    record.label,
+                    record.status,
+                    record.created_at,
+                    record.revoked_at,
+                    record.revoke_reason,
+                    record.sign_count,
+                    list(record.transports),
+                    record.attestation_format,
+                )
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise DuplicateKey(f"key {record.kid!r} is already registered") from exc
+
+    async def get_key(self, kid: str) -> KeyRecord | None:
+        async with self._conn("get_key") as con:
+            row = await con.fetchrow(_SELECT_KEY + " WHERE kid = $1", kid)
+        return None if row is None else _key_from_row(row)
+
+    async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
+        async with self._conn("list_keys") as con:
+            if sub is None:
+                rows = await con.fetch(_SELECT_KEY + " ORDER BY kid")
+            else:
+                rows = await con.fetch(_SELECT_KEY + " WHERE sub = $1 ORDER BY kid", sub)
+        return [_key_from_row(r) for r in rows]
+
+    async def revoke_key(self, kid: str, reason: str, at: float) -> KeyRecord | None:
+        """Revoke; an already revoked key keeps its first revocation (time and reason)."""
+        async with self._conn("revoke_key") as con, con.transaction():
+            await con.execute(
+                "UPDATE keys SET status = 'revoked', revoked_at = $2, revoke_reason = $3 "
+                "WHERE kid = $1 AND status = 'active'",
+                kid,
+                at,
+                reason,
+            )
+            row = await con.fetchrow(_SELECT_KEY + " WHERE kid = $1", kid)
+        return None if row is None else _key_from_row(row)
+
+    async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
+        async with self._conn("advance_sign_count") as con:
+            status = await con.execute(
+                "UPDATE keys SET sign_count = $3 WHERE kid = $1 AND sign_count = $2",
+                kid,
+                seen,
+                new,
+            )
+        return bool(status == "UPDATE 1")
+
+    # --- API keys ------------------------------------------------------------------------------
+
+    async def insert_api_key(self, record: ApiKeyRecord) -> None:
+        try:
+            async with self._conn("insert_api_key") as con:
+                await con.execute(
+                    "INSERT INTO api_keys (id, name, secret_hash, scopes, created_at, revoked_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    record.id,
+                    record.name,
+                    record.secret_hash,
+                    list(record.scopes),
+                    record.created_at,
+                    record.revoked_at,
+                )
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise DuplicateKey(f"API key {record.id!r} already exists") from exc
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        async with self._conn("get_api_key") as con:
+            row = await con.fetchrow(_SELECT_API_KEY + " WHERE id = $1", key_id)
+        return None if row is None else _api_key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        async with self._conn("list_api_keys") as con:
+            rows = await con.fetch(_SELECT_API_KEY + " ORDER BY created_at, id")
+        return [_api_key_from_row(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, at: float) -> bool:
+        """True if this call revoked it; False if unknown or already revoked."""
+        async with self._conn("revoke_api_key") as con:
+            status = await con.execute(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                key_id,
+                at,
+            )
+        return bool(status == "UPDATE 1")
+
+    # --- replay + audit ------------------------------------------------------------------------
+
+    async def is_claimed(self, digest: bytes) -> bool:
+        async with self._conn("is_claimed") as con:
+            return bool(await con.fetchval("SELECT 1 FROM replay WHERE digest = $1", digest))
+
+    async def append(
+        self,
+        draft: AuditDraft,
+        *,
+        claim_digest: bytes | None = None,
+        outbox: Sequence[OutboxEvent] = (),
+    ) -> AppendResult:
+        return await self._committer.submit(draft, claim_digest, outbox)
+
+    async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
+        # Within the batch the first claimant of a digest wins; later ones are replays.
+        seen: set[bytes] = set()
+        claims: list[PendingAppend] = []
+        for item in batch:
+            if item.claim_digest is not None and item.claim_digest not in seen:
+                seen.add(item.claim_digest)
+                claims.append(item)
+        async with self._conn("audit append") as con, con.transaction():
+            head = await con.fetchrow(
+                "SELECT seq, entry_hash FROM chain_head WHERE id = 1 FOR UPDATE"
+            )
+            if head is None:
+                raise StoreUnavailable("chain head missing: database not migrated")
+            won: set[bytes] = set()
+            if claims:
+                rows = await con.fetch(
+                    _CLAIM,
+                    [c.claim_digest for c in claims],
+                    [time_to_micros(c.draft.time) for c in claims],
+                    [c.draft.event_id for c in claims],
+                )
+                won = {bytes(r[0]) for r in rows}
+            seq, prev_hash = int(head[0]), bytes(head[1])
+            results: list[AppendResult] = []
+            records: list[AuditRecord] = []
+            outbox_rows: list[tuple[str, str, bytes, float]] = []
+            for item in batch:
+                digest = item.claim_digest
+                if digest is not None:
+                    if digest not in won:
+                        results.append(AppendResult(record=None, replayed=True))
+                        continue
+                    won.discard(digest)  # a second item with this digest is a replay
+                record = seal(seq + 1, prev_hash, item.draft)
+                seq, prev_hash = record.seq, record.entry_hash
+                records.append(record)
+                results.append(AppendResult(record=record))
+                outbox_rows.extend(
+                    (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
+                    for ev in item.outbox
+                )
+            if records:
+                columns = list(zip(*(audit_row_values(r) for r in records), strict=True))
+                await con.execute(_INSERT_AUDIT, *(list(c) for c in columns))
+                if outbox_rows:
+                    await con.execute(
+                        _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))
+                    )
+                await con.execute(
+                    "UPDATE chain_head SET seq = $1, entry_hash = $2 WHERE id = 1", seq, prev_hash
+                )
+        return results
+
+    async def chain_head(self) -> ChainHead:
+        async with self._conn("chain_head") as con:
+            row = await con.fetchrow("SELECT seq, entry_hash FROM chain_head WHERE id = 1")
+        if row is None:
+            raise StoreUnavailable("chain head missing: database not migrated")
+        return ChainHead(seq=int(row[0]), entry_hash=bytes(row[1]))
+
+    async def get_audit(self, event_id: str) -> AuditRecord | None:
+        async def query(con: Any) -> Any:
+            return await con.fetchrow(AUDIT_SELECT + " WHERE event_id = $1", event_id)
+
+        row = await self._read("get_audit", query)
+        return None if row is None else audit_record_from_row(row)
+
+    async def list_audit(
+        self, flt: AuditFilter, limit: int, cursor: str | None = None
+    ) -> AuditPage:
+        check_limit(limit)
+        before = decode_cursor(cursor) if cursor is not None else None
+        where, params = audit_where(flt, before, lambda n: f"${n}")
+        # Only "$n" placeholders are interpolated; every value is a bound parameter.
+        sql = AUDIT_SELECT + where + f" ORDER BY seq DESC LIMIT ${len(params) + 1}"
+
+        async def query(con: Any) -> Any:
+            return await con.fetch(sql, *params, limit + 1)
+
+        rows = await self._read("list_audit", query)
+        records = [audit_record_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return AuditPage(
+            records=records, next_cursor=encode_cursor(records[-1].seq) if more else None
+        )
+
+    async def iter_audit(self, from_seq: int = 1) -> AsyncIterator[AuditRecord]:
+        sql = AUDIT_SELECT + " WHERE seq >= $1 ORDER BY seq LIMIT $2"
+        next_seq = from_seq
+        while True:
+            async with self._conn("iter_audit") as con:
+                rows = await con.fetch(sql, next_seq, ITER_CHUNK)
+            for row in rows:
+                record = audit_record_from_row(row)
+                next_seq = record.seq + 1
+                yield record
+            if len(rows) < ITER_CHUNK:
+                return
+
+    async def audit_count(self) -> int:
+        """Rows in the chain, from the chain head (O(1); ``verify_chain`` checks it)."""
+        return (await self.chain_head()).seq

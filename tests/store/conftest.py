@@ -1,0 +1,161 @@
+"""Fixtures: every store test runs against a fresh SQLite file AND a fresh PostgreSQL database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from proof_messenger.store import Store
+from proof_messenger.store._common import AUDIT_COLUMNS, audit_row_values
+from proof_messenger.store.base import AuditDraft, AuditRecord
+from proof_messenger.store.postgres import PostgresStore
+from proof_messenger.store.sqlite import SQLiteStore
+
+PG_ADMIN_DSN = os.environ.get("PM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+T0 = 1_700_000_000.0
+
+
+def make_draft(i: int, **overrides: Any) -> AuditDraft:
+    """A fully populated draft (every column non-null unless overridden)."""
+    values: dict[str, Any] = {
+        "event_id": f"evt-{uuid.uuid4().hex}",
+        "time": T0 + i + 0.1234567,  # sub-microsecond part: must round-trip via microseconds
+        "event_type": "proof.verified",
+        "status": "accepted",
+        "sub": "alice",
+        "kid": "kid-1",
+        "tx_type": "payment",
+        "amount_minor": 1_250_000 + i,
+        "currency": "EUR",
+        "error_code": None,
+        "proof_id": f"proof-{i}",
+        "client_ip": "192.0.2.1",
+        "user_agent": "pytest",
+        "detail": "ok",
+        "context_key_id": "mk-1",
+        "context_ct": os.urandom(40),
+    }
+    values.update(overrides)
+    return AuditDraft(**values)
+
+
+@dataclass
+class Target:
+    """One database under test, plus raw SQL access for tampering (bypassing the Store)."""
+
+    kind: str
+    url: str
+    make: Callable[[], Store]
+    opened: list[Store] = field(default_factory=list)
+
+    async def store(self, *, migrate: bool = True) -> Store:
+        s = self.make()
+        await s.open()
+        self.opened.append(s)
+        if migrate:
+            await s.migrate()
+        return s
+
+    def sql(self, text: str) -> str:
+        """Write SQL with $1..$n placeholders; SQLite gets ?NNN."""
+        if self.kind == "sqlite":
+            return text.replace("$", "?")
+        return text
+
+    async def execute(self, text: str, *args: Any) -> None:
+        if self.kind == "sqlite":
+            con = sqlite3.connect(self.url, timeout=30, isolation_level=None)
+            try:
+                con.execute(self.sql(text), args)
+            finally:
+                con.close()
+        else:
+            con = await asyncpg.connect(self.url)
+            try:
+                await con.execute(text, *args)
+            finally:
+                await con.close()
+
+    async def insert_audit_row(self, record: AuditRecord) -> None:
+        cols = ", ".join(AUDIT_COLUMNS)
+        marks = ", ".join(f"${i + 1}" for i in range(len(AUDIT_COLUMNS)))
+        await self.execute(
+            f"INSERT INTO audit ({cols}) VALUES ({marks})", *audit_row_values(record)
+        )
+
+    async def fetch(self, text: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self.kind == "sqlite":
+            con = sqlite3.connect(self.url, timeout=30, isolation_level=None)
+            try:
+                return [tuple(r) for r in con.execute(self.sql(text), args).fetchall()]
+            finally:
+                con.close()
+        con = await asyncpg.connect(self.url)
+        try:
+            return [tuple(r) for r in await con.fetch(text, *args)]
+        finally:
+            await con.close()
+
+
+@contextlib.asynccontextmanager
+async def pg_database() -> AsyncIterator[str]:
+    """A freshly created, uniquely named database, dropped afterwards."""
+    name = f"pm_test_{uuid.uuid4().hex[:16]}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield dsn
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            path = str(tmp_path / "db" / "relay.db")
+            t = Target("sqlite", path, lambda: SQLiteStore(path))
+        else:
+            dsn = await stack.enter_async_context(pg_database())
+            t = Target("postgres", dsn, lambda: PostgresStore(dsn, max_connections=5))
+        try:
+            yield t
+        finally:
+            for s in t.opened:
+                await s.close()
+
+
+@pytest.fixture
+async def pg_target() -> AsyncIterator[Target]:
+    async with pg_database() as dsn:
+        t = Target("postgres", dsn, lambda: PostgresStore(dsn, max_connections=5))
+        try:
+            yield t
+        finally:
+            for s in t.opened:
+                await s.close()
+
+
+@pytest.fixture
+async def store(target: Target) -> Store:
+    return await target.store()

@@ -1,0 +1,110 @@
+"""Migrations, key registry and API keys on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proof_messenger.store import ApiKeyRecord, DuplicateKey, KeyRecord
+
+from .conftest import T0, Target
+
+
+def key(kid: str, sub: str = "alice", **kw: object) -> KeyRecord:
+    return KeyRecord(
+        kid=kid,
+        sub=sub,
+        alg="webauthn.ES256",
+        public_key=b"\x30\x59" + kid.encode(),
+        created_at=T0 + 0.123456789,
+        label="laptop",
+        transports=("internal", "hybrid"),
+        attestation_format="none",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_migrate_is_idempotent_and_gates_readiness(target: Target) -> None:
+    store = await target.store(migrate=False)
+    assert await store.is_ready() is False
+    assert await store.migrate() == ["0001_initial"]
+    assert await store.is_ready() is True
+    assert await store.migrate() == []
+    assert await store.is_ready() is True
+    rows = await target.fetch("SELECT name FROM schema_migrations")
+    assert rows == [("0001_initial",)]
+
+
+async def test_two_instances_migrating_at_once_apply_once(target: Target) -> None:
+    a = await target.store(migrate=False)
+    b = await target.store(migrate=False)
+    applied = await asyncio.gather(a.migrate(), b.migrate())
+    assert sorted(applied, key=len) == [[], ["0001_initial"]]
+    assert await a.is_ready() and await b.is_ready()
+
+
+async def test_key_insert_get_list_revoke(target: Target) -> None:
+    store = await target.store()
+    k1, k2, k3 = key("k1"), key("k2"), key("k3", sub="bob")
+    for k in (k1, k2, k3):
+        await store.insert_key(k)
+    assert await store.get_key("k1") == k1
+    assert await store.get_key("nope") is None
+    assert await store.list_keys("alice") == [k1, k2]
+    assert await store.list_keys("bob") == [k3]
+    assert await store.list_keys() == [k1, k2, k3]
+    assert await store.list_keys("' OR 1=1 --") == []
+
+    revoked = await store.revoke_key("k1", "lost device", T0 + 5)
+    assert revoked is not None
+    assert (revoked.status, revoked.revoke_reason, revoked.revoked_at) == (
+        "revoked",
+        "lost device",
+        T0 + 5,
+    )
+    assert await store.get_key("k1") == revoked
+    # A second revocation keeps the first reason and time.
+    again = await store.revoke_key("k1", "other", T0 + 9)
+    assert again == revoked
+    assert await store.revoke_key("nope", "x", T0) is None
+    assert (await store.get_key("k2")).status == "active"  # type: ignore[union-attr]
+
+
+async def test_duplicate_key_raises(target: Target) -> None:
+    store = await target.store()
+    await store.insert_key(key("k1"))
+    with pytest.raises(DuplicateKey):
+        await store.insert_key(key("k1", sub="mallory"))
+    assert (await store.get_key("k1")).sub == "alice"  # type: ignore[union-attr]
+
+
+async def test_advance_sign_count_is_compare_and_set(target: Target) -> None:
+    store = await target.store()
+    await store.insert_key(key("k1"))
+    assert await store.advance_sign_count("k1", 0, 5) is True
+    assert await store.advance_sign_count("k1", 0, 6) is False  # another request moved it
+    assert await store.advance_sign_count("k1", 5, 7) is True
+    assert (await store.get_key("k1")).sign_count == 7  # type: ignore[union-attr]
+    assert await store.advance_sign_count("missing", 0, 1) is False
+    # Concurrent CAS from the same observed value: exactly one wins.
+    wins = await asyncio.gather(*(store.advance_sign_count("k1", 7, 8 + i) for i in range(10)))
+    assert sum(wins) == 1
+
+
+async def test_api_keys_crud(target: Target) -> None:
+    store = await target.store()
+    a = ApiKeyRecord("pk_a", "ops", b"\x01" * 32, ("audit:read", "keys:write"), T0)
+    b = ApiKeyRecord("pk_b", "ci", b"\x02" * 32, (), T0 + 1)
+    await store.insert_api_key(a)
+    await store.insert_api_key(b)
+    with pytest.raises(DuplicateKey):
+        await store.insert_api_key(a)
+    assert await store.get_api_key("pk_a") == a
+    assert await store.get_api_key("pk_x") is None
+    assert await store.list_api_keys() == [a, b]
+    assert await store.revoke_api_key("pk_a", T0 + 10) is True
+    assert await store.revoke_api_key("pk_a", T0 + 11) is False
+    assert await store.revoke_api_key("pk_x", T0 + 11) is False
+    got = await store.get_api_key("pk_a")
+    assert got is not None and got.revoked_at == T0 + 10
