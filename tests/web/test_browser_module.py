@@ -25,11 +25,13 @@ from hypothesis import strategies as st
 
 from proof_messenger.protocol import (
     ALG_WEBAUTHN_ES256,
+    ProofError,
     ResolvedKey,
     Verifier,
     VerifierSettings,
     single_key_resolver,
 )
+from proof_messenger.protocol import cbor as pm_cbor
 from tests.conftest import PROJECT_VECTORS, load_json, shared_vector
 
 pytestmark = pytest.mark.browser
@@ -413,6 +415,48 @@ def test_intent_bytes_digest_and_proof_id_match_python(
         assert result["digest"] == digest.hex()
         assert result["id"] == b64u(digest)
         assert from_js(result["decoded"]) == intent
+
+
+def _python_decode(data: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", pm_cbor.decode(data, strict=True)
+    except ProofError as exc:
+        return exc.code, None
+
+
+MUTATIONS = st.lists(
+    st.tuples(
+        VALUES, st.integers(min_value=0), st.integers(min_value=0, max_value=255), st.booleans()
+    ),
+    min_size=20,
+    max_size=20,
+)
+
+
+@PROPERTY_SETTINGS
+@given(cases=MUTATIONS)
+def test_decoder_agrees_with_the_python_decoder_on_mutated_input(
+    shared_page: Any, cases: list[tuple[Any, int, int, bool]]
+) -> None:
+    """Differential check: corrupt one byte (or cut the tail) of a valid encoding; the JS decoder
+    must accept exactly what the Python decoder accepts, and reject with the same code."""
+    inputs = []
+    for value, pos, byte, truncate in cases:
+        data = bytearray(canonical(value))
+        i = pos % len(data)
+        if truncate:
+            del data[i:]
+        else:
+            data[i] = byte
+        inputs.append(bytes(data))
+    results = shared_page.evaluate(DECODE_ERRORS, [d.hex() for d in inputs])
+    for data, result in zip(inputs, results, strict=True):
+        code, value = _python_decode(data)
+        if code == "ok":
+            assert result["ok"], (data.hex(), result)
+            assert from_js(result["value"]) == value, data.hex()
+        else:
+            assert result.get("code") == code, (data.hex(), code, result)
 
 
 # --- context rules (§1) ---------------------------------------------------------------------------

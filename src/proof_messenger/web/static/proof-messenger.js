@@ -950,15 +950,16 @@ async function withStore(mode, op) {
   const db = await openDb();
   try {
     return await new Promise((resolve, reject) => {
-      const tx = db.transaction(DB_STORE, mode);
-      const req = op(tx.objectStore(DB_STORE));
-      tx.oncomplete = () => resolve(req.result);
-      tx.onabort = tx.onerror = () =>
-        reject(
-          new ProofMessengerError("storage_error", "IndexedDB transaction failed", {
-            cause: tx.error ?? req.error,
-          }),
-        );
+      const fail = (/** @type {unknown} */ cause) =>
+        reject(new ProofMessengerError("storage_error", "IndexedDB transaction failed", { cause }));
+      try {
+        const tx = db.transaction(DB_STORE, mode);
+        const req = op(tx.objectStore(DB_STORE));
+        tx.oncomplete = () => resolve(req.result);
+        tx.onabort = tx.onerror = () => fail(tx.error ?? req.error);
+      } catch (err) {
+        fail(err); // e.g. DataCloneError thrown synchronously by put()
+      }
     });
   } finally {
     db.close();
