@@ -84,6 +84,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left in a broken state by an outage
     asyncpg.PostgresError,
 )
 
