@@ -380,8 +380,10 @@ class SQLiteStore:
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         def query(con: sqlite3.Connection) -> list[Any]:
             if sub is None:
-                return con.execute(_SELECT_KEY + " ORDER BY kid").fetchall()
-            return con.execute(_SELECT_KEY + " WHERE sub = ? ORDER BY kid", (sub,)).fetchall()
+                return con.execute(_SELECT_KEY + " ORDER BY created_at, kid").fetchall()
+            return con.execute(
+                _SELECT_KEY + " WHERE sub = ? ORDER BY created_at, kid", (sub,)
+            ).fetchall()
 
         return [_key_from_row(r) for r in await self._read(query)]
 
