@@ -84,6 +84,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left in a broken state by an outage
     asyncpg.PostgresError,
 )
 
@@ -288,9 +289,11 @@ class PostgresStore:
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         async with self._conn("list_keys") as con:
             if sub is None:
-                rows = await con.fetch(_SELECT_KEY + " ORDER BY kid")
+                rows = await con.fetch(_SELECT_KEY + " ORDER BY created_at, kid")
             else:
-                rows = await con.fetch(_SELECT_KEY + " WHERE sub = $1 ORDER BY kid", sub)
+                rows = await con.fetch(
+                    _SELECT_KEY + " WHERE sub = $1 ORDER BY created_at, kid", sub
+                )
         return [_key_from_row(r) for r in rows]
 
     async def revoke_key(self, kid: str, reason: str, at: float) -> KeyRecord | None:

@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,11 @@ from .base import (
     StoreUnavailable,
 )
 from .groupcommit import GroupCommitter, PendingAppend
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["SQLiteStore"]
 
@@ -149,6 +155,7 @@ class SQLiteStore:
         self._write_con: sqlite3.Connection | None = None
         self._read_cons: list[sqlite3.Connection] = []
         self._read_lock = threading.Lock()
+        self._lock_fd: int | None = None
         self._local = threading.local()
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
 
@@ -190,6 +197,9 @@ class SQLiteStore:
             self._write_con = None
         for con in cons:
             con.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(
@@ -231,17 +241,42 @@ class SQLiteStore:
 
     def _write_txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         con = self._writer_con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(con)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                # If even ROLLBACK fails the next BEGIN will say so; nothing is kept.
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
-            raise
+        with self._process_lock():
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(con)
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    # If even ROLLBACK fails the next BEGIN will say so; nothing is kept.
+                    with contextlib.suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                raise
         return result
+
+    @contextlib.contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """Queue writers of other processes in the kernel (``flock`` on a side file).
+
+        SQLite's own busy handler polls with sleeps of up to 100 ms, so with two relay
+        workers a waiting writer often slept long after the lock was free (p99 append
+        latency ~80 ms in a 2-process test). A blocking ``flock`` wakes it at once.
+        ``BEGIN IMMEDIATE`` still guards against writers that do not take this lock.
+        """
+        if self._memory or fcntl is None:
+            yield
+            return
+        try:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._lock_fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot lock {self.path}-writelock: {exc}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     async def _run(self, executor: ThreadPoolExecutor | None, fn: Callable[[], T]) -> T:
         if executor is None:
@@ -345,8 +380,10 @@ class SQLiteStore:
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         def query(con: sqlite3.Connection) -> list[Any]:
             if sub is None:
-                return con.execute(_SELECT_KEY + " ORDER BY kid").fetchall()
-            return con.execute(_SELECT_KEY + " WHERE sub = ? ORDER BY kid", (sub,)).fetchall()
+                return con.execute(_SELECT_KEY + " ORDER BY created_at, kid").fetchall()
+            return con.execute(
+                _SELECT_KEY + " WHERE sub = ? ORDER BY created_at, kid", (sub,)
+            ).fetchall()
 
         return [_key_from_row(r) for r in await self._read(query)]
 
