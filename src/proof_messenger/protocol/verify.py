@@ -72,7 +72,7 @@ class ResolvedKey:
 
 
 class KeyResolver(Protocol):
-    def __call__(self, kid: str) -> ResolvedKey | None: ...
+    def __call__(self, kid: str, /) -> ResolvedKey | None: ...
 
 
 @dataclass(frozen=True, slots=True)
