@@ -79,7 +79,7 @@ def verify_args(world: dict[str, Any], proof_path: Path, *extra: str) -> list[st
             "--aud", AUD, *extra]  # fmt: skip
 
 
-# --- keygen ----------------------------------------------------------------------------------------
+# --- keygen --------------------------------------------------------------------------------------
 def test_keygen_writes_both_files_with_private_key_0600(world: dict[str, Any]) -> None:
     assert stat.S_IMODE(world["key"].stat().st_mode) == 0o600
     assert world["key"].read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
@@ -127,7 +127,7 @@ def test_encrypted_key_round_trip_and_wrong_passphrase(tmp_path: Path) -> None:
     assert unset.returncode == 2 and b"PM_UNSET_VAR_FOR_TEST is not set" in unset.stderr
 
 
-# --- sign / verify ---------------------------------------------------------------------------------
+# --- sign / verify -------------------------------------------------------------------------------
 def test_sign_then_verify(world: dict[str, Any]) -> None:
     result = run(*verify_args(world, world["proof_path"], "--sub", "alice"))
     assert result.returncode == 0, result.stderr
@@ -241,7 +241,7 @@ def test_other_key_is_unknown_key(world: dict[str, Any], tmp_path: Path) -> None
     assert result.returncode == 1 and result.stderr.startswith(b"rejected: unknown_key: ")
 
 
-# --- inspect ---------------------------------------------------------------------------------------
+# --- inspect -------------------------------------------------------------------------------------
 def test_inspect_decodes_without_verifying(world: dict[str, Any], tmp_path: Path) -> None:
     # a proof with a broken signature still inspects fine
     path = _tampered(world, tmp_path, "sig", 10)
@@ -264,7 +264,7 @@ def test_inspect_of_a_broken_intent_reports_the_code(world: dict[str, Any], tmp_
     assert result.returncode == 1 and result.stderr.startswith(b"rejected: malformed_intent: ")
 
 
-# --- usage errors ----------------------------------------------------------------------------------
+# --- usage errors --------------------------------------------------------------------------------
 def test_missing_option_is_a_usage_error(world: dict[str, Any]) -> None:
     result = run("verify", "--proof", str(world["proof_path"]), "--aud", AUD)
     assert result.returncode == 2 and b"--public-key" in result.stderr

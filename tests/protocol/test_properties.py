@@ -183,8 +183,10 @@ def test_non_deterministic_intents_are_rejected(ctx: dict[str, Any], data: st.Da
     count = Writer()
     count.write(mapping)
     widen = Writer(widen_at=data.draw(st.integers(0, count.heads - 1)))
+    widened = widen.write(mapping)
+    assume(widen.widened)  # an 8-byte argument has no longer form
     with pytest.raises(NonCanonicalEncoding):
-        Intent.from_bytes(widen.write(mapping))
+        Intent.from_bytes(widened)
 
 
 # --- fuzz: only protocol errors, never anything else --------------------------------------------
