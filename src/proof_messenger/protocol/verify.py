@@ -38,7 +38,7 @@ from .errors import (
     UnknownKey,
     WrongAudience,
 )
-from .intent import Intent, digest, proof_id, signed_bytes
+from .intent import MAX_AUD_CHARS, Intent, digest, proof_id, signed_bytes
 from .keys import PublicKey, kid_for, public_key_der, verify_es256
 from .webauthn import verify_assertion
 
@@ -72,7 +72,7 @@ class ResolvedKey:
 
 
 class KeyResolver(Protocol):
-    def __call__(self, kid: str) -> ResolvedKey | None: ...
+    def __call__(self, kid: str, /) -> ResolvedKey | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,12 @@ class VerifierSettings:
     require_user_verification: bool = False
 
     def __post_init__(self) -> None:
-        if not self.audience:
-            raise ValueError("audience must not be empty")
+        if not isinstance(self.audience, str) or not 1 <= len(self.audience) <= MAX_AUD_CHARS:
+            raise ValueError(f"audience must be 1-{MAX_AUD_CHARS} characters")
+        try:
+            self.audience.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError("audience is not valid Unicode (lone surrogate)") from exc
         if self.clock_skew < 0 or self.max_lifetime <= 0:
             raise ValueError("clock_skew must be >= 0 and max_lifetime > 0")
 
