@@ -158,13 +158,20 @@ class RelayProcess:
 
     # --- CLI ---------------------------------------------------------------------------------
     def cli(
-        self, *args: str, input: bytes | None = None, timeout: float = 120.0
+        self,
+        *args: str,
+        input: bytes | None = None,
+        timeout: float = 120.0,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``proof-messenger ARGS`` with the relay's environment (and config file)."""
+        """Run ``proof-messenger ARGS`` with the relay's environment (and config file).
+
+        ``env`` adds or overrides variables, e.g. ``{"COLUMNS": "200"}`` for wide tables.
+        """
         return subprocess.run(
             cli_argv(*args),
             cwd=self.workdir,
-            env=self.process_env,
+            env={**self.process_env, **(env or {})},
             input=input.decode() if input is not None else None,
             capture_output=True,
             text=True,
