@@ -220,7 +220,9 @@ def test_missing_wrong_and_revoked_api_keys(relay: RelayProcess, signer: Signer)
         assert r.headers["www-authenticate"].startswith("Bearer")
         r = c.post("/verify", content=proof, headers={**ctype, "authorization": "Basic abc"})
         assert_problem(r, 401, "unauthorized")
-        for token in ("nonsense", relay.api_key[:-1] + ("A" if relay.api_key[-1] != "A" else "B")):
+        assert relay.api_key is not None
+        wrong = relay.api_key[:-1] + ("A" if relay.api_key[-1] != "A" else "B")
+        for token in ("nonsense", wrong):
             r = c.post(
                 "/verify", content=proof, headers={**ctype, "authorization": f"Bearer {token}"}
             )
