@@ -32,11 +32,13 @@ from ..protocol import (
     VerifierSettings,
 )
 from ..protocol.errors import Replayed, SubjectMismatch, WebAuthnSignCount
+from ..protocol.intent import Intent
 from ..protocol.intent import digest as intent_digest
 from ..protocol.intent import proof_id as make_proof_id
 from ..protocol.keys import KeyFormatError, load_public_key_der
-from ..store.base import AuditDraft, AuditRecord, KeyRecord, OutboxEvent, Store
+from ..store.base import AppendResult, AuditDraft, AuditRecord, KeyRecord, OutboxEvent, Store
 from .config import Settings
+from .metrics import metrics
 
 __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id"]
 
@@ -200,6 +202,20 @@ class VerificationService:
         return resolved_key(record)
 
     # --- outcomes ------------------------------------------------------------------------------
+    async def _append(
+        self,
+        draft: AuditDraft,
+        *,
+        claim_digest: bytes | None = None,
+        outbox: list[OutboxEvent] | None = None,
+    ) -> AppendResult:
+        """Append one audit row, timing it for the audit write latency histogram."""
+        started = time.perf_counter()
+        try:
+            return await self.store.append(draft, claim_digest=claim_digest, outbox=outbox or ())
+        finally:
+            metrics().audit_write_latency.observe(time.perf_counter() - started)
+
     async def _accept(
         self, verified: VerifiedProof, binding: Any, client: ClientInfo, now: float
     ) -> Outcome:
@@ -218,7 +234,7 @@ class VerificationService:
             ctx=intent.ctx,
             proof_id=verified.proof_id,
         )
-        result = await self.store.append(draft, claim_digest=verified.digest, outbox=outbox)
+        result = await self._append(draft, claim_digest=verified.digest, outbox=outbox)
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
@@ -270,7 +286,7 @@ class VerificationService:
             pid = parsed.proof_id
         elif proof is not None:
             pid = make_proof_id(intent_digest(proof.intent))
-        intent = parsed.intent if parsed is not None else None
+        intent = parsed.intent if parsed is not None else _decoded_intent(proof, self.verifier)
         event_id = new_event_id()
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool)}
         body_extra = {"proof_id": pid, "audit_event_id": event_id, **extra}
@@ -302,7 +318,7 @@ class VerificationService:
             error_code=exc.code,
             detail=exc.detail,
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         log.info(
             "proof.rejected",
             code=exc.code,
@@ -392,7 +408,7 @@ class VerificationService:
             if self.outbox_for and outbox_payload is not None
             else []
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         assert result.record is not None
         return result.record
 
@@ -402,6 +418,20 @@ class VerificationService:
             return None
         plaintext = self.keyring.decrypt(d.context_key_id, d.context_ct, d.event_id.encode("ascii"))
         return msgspec.json.decode(plaintext)
+
+
+def _decoded_intent(proof: Proof | None, verifier: Verifier) -> Intent | None:
+    """The intent of a proof that failed checks 3-4 (audience, time), for its audit row.
+
+    Such a proof decoded fine, so its row records who claimed to sign what (sub and the
+    encrypted context), making it findable by subject like every other rejection.
+    """
+    if proof is None:
+        return None
+    try:
+        return Intent.from_bytes(proof.intent, verifier.settings.context_limits)
+    except ProofError:
+        return None
 
 
 def resolved_key(record: KeyRecord) -> ResolvedKey | None:
