@@ -158,12 +158,14 @@ class VerificationService:
         require_user_verification: bool = False,
     ) -> Outcome:
         proof: Proof | None = None
+        intent: Intent | None = None
         parsed: ParsedProof | None = None
         verified: VerifiedProof | None = None
         now = self.clock()
         try:
             proof = body if isinstance(body, Proof) else self.verifier.parse(body, cbor=cbor)
-            parsed = self.verifier.check_intent(proof, now=now)
+            intent = self.verifier.decode_intent(proof)
+            parsed = self.verifier.check_claims(proof, intent, now=now)
             key = await self._resolve(proof.kid)
             self.verifier.check_key(parsed, key)
             assert key is not None
@@ -182,7 +184,7 @@ class VerificationService:
             if self.policy is not None:
                 await self.policy.check(verified, identity)
         except ProofError as exc:
-            return await self._reject(exc, proof, parsed, verified, client, now)
+            return await self._reject(exc, proof, intent, parsed, client, now)
         return await self._accept(verified, binding, client, now)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
@@ -238,9 +240,8 @@ class VerificationService:
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
-            return await self._reject(
-                exc, verified.parsed.proof, verified.parsed, verified, client, now
-            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         record = result.record
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
@@ -276,8 +277,8 @@ class VerificationService:
         self,
         exc: ProofError,
         proof: Proof | None,
+        intent: Intent | None,
         parsed: ParsedProof | None,
-        verified: VerifiedProof | None,
         client: ClientInfo,
         now: float,
     ) -> Outcome:
@@ -286,7 +287,6 @@ class VerificationService:
             pid = parsed.proof_id
         elif proof is not None:
             pid = make_proof_id(intent_digest(proof.intent))
-        intent = parsed.intent if parsed is not None else _decoded_intent(proof, self.verifier)
         event_id = new_event_id()
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool)}
         body_extra = {"proof_id": pid, "audit_event_id": event_id, **extra}
@@ -418,20 +418,6 @@ class VerificationService:
             return None
         plaintext = self.keyring.decrypt(d.context_key_id, d.context_ct, d.event_id.encode("ascii"))
         return msgspec.json.decode(plaintext)
-
-
-def _decoded_intent(proof: Proof | None, verifier: Verifier) -> Intent | None:
-    """The intent of a proof that failed checks 3-4 (audience, time), for its audit row.
-
-    Such a proof decoded fine, so its row records who claimed to sign what (sub and the
-    encrypted context), making it findable by subject like every other rejection.
-    """
-    if proof is None:
-        return None
-    try:
-        return Intent.from_bytes(proof.intent, verifier.settings.context_limits)
-    except ProofError:
-        return None
 
 
 def resolved_key(record: KeyRecord) -> ResolvedKey | None:
