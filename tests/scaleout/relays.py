@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +141,8 @@ class Relay:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=15)
         # Workers orphaned by a master that died first must not outlive the test.
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def start_relay(cluster: Cluster, name: str, port: int, **env: str) -> Relay:
@@ -169,7 +167,9 @@ def wait_ready(relays: list[Relay], timeout: float = 60) -> None:
     for relay in relays:
         while True:
             if relay.proc.poll() is not None:
-                raise RuntimeError(f"{relay.name} exited {relay.proc.returncode}:\n{relay.log_tail()}")
+                raise RuntimeError(
+                    f"{relay.name} exited {relay.proc.returncode}:\n{relay.log_tail()}"
+                )
             try:
                 if httpx.get(relay.url + "/ready", timeout=2).status_code == 200:
                     break
@@ -193,7 +193,9 @@ def running_relays(cluster: Cluster, ports: list[int], **env: str) -> Iterator[l
             relay.stop()
 
 
-def register_key(client: httpx.Client, base_url: str, api_key: str, sub: str, key: PrivateKey) -> str:
+def register_key(
+    client: httpx.Client, base_url: str, api_key: str, sub: str, key: PrivateKey
+) -> str:
     response = client.post(
         base_url + "/keys",
         json={"sub": sub, "public_key": b64u_encode(public_key_der(key))},

@@ -67,9 +67,7 @@ async def test_two_limiters_share_one_budget(prefix: str) -> None:
     b = await RedisRateLimiter.connect(REDIS_URL, rate=0.001, burst=20, prefix=prefix)
     try:
         # 60 concurrent requests, split over two "instances": exactly the burst is granted.
-        results = await asyncio.gather(
-            *(limiter.acquire("shared") for limiter in [a, b] * 30)
-        )
+        results = await asyncio.gather(*(limiter.acquire("shared") for limiter in [a, b] * 30))
         assert sum(r is None for r in results) == 20
         assert await a.acquire("shared") is not None
         assert await b.acquire("shared") is not None
@@ -90,7 +88,7 @@ async def test_refills_at_the_configured_rate(prefix: str) -> None:
 
 async def test_unreachable_redis_fails_open_to_a_local_limiter() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    limiter = await RedisRateLimiter.connect(url, rate=0.01, burst=2, timeout=0.2)
+    limiter = await RedisRateLimiter.connect(url, rate=0.01, burst=2, socket_timeout=0.2)
     try:
         # Still limited, by the per-instance bucket with the same rate and burst.
         assert await limiter.acquire("k") is None

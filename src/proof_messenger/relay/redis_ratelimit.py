@@ -34,7 +34,7 @@ log = structlog.get_logger("proof_messenger.ratelimit")
 
 #: KEYS[1] bucket; ARGV rate (tokens/s), burst, ttl (ms). Returns the wait in seconds as a
 #: string ("0" = allowed): Lua numbers returned to Redis are truncated to integers.
-_TOKEN_BUCKET = """
+_BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local ttl_ms = tonumber(ARGV[3])
@@ -80,9 +80,9 @@ class RedisRateLimiter:
         self.burst = burst
         self.prefix = prefix
         self._client = client
-        self._script = client.register_script(_TOKEN_BUCKET)
+        self._script = client.register_script(_BUCKET_SCRIPT)
         # A full refill, plus a second of slack: after that the key means nothing any more.
-        self._ttl_ms = int(math.ceil(burst / rate * 1000)) + 1000
+        self._ttl_ms = math.ceil(burst / rate * 1000) + 1000
         self._fallback = LocalRateLimiter(rate, burst)
         self._warn_interval = warn_interval
         self._clock = clock
@@ -97,13 +97,13 @@ class RedisRateLimiter:
         burst: int,
         *,
         prefix: str = "pm:rl:",
-        timeout: float = 0.5,
+        socket_timeout: float = 0.5,
     ) -> RedisRateLimiter:
         """A limiter on ``url``. An unreachable Redis is logged, not fatal (see module doc)."""
         client = redis_asyncio.from_url(
             url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
             # One attempt per request: a retry loop would add latency to every request
             # during an outage; the local fallback answers instead.
             retry=Retry(NoBackoff(), 0),
