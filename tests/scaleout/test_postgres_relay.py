@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proof_messenger.protocol.keys import generate_private_key
+from proof_messenger.protocol.keys import PrivateKey, generate_private_key
 from proof_messenger.protocol.sign import create_proof
 from tests.deploy.nginx_harness import free_port
 
@@ -41,9 +41,9 @@ def cluster() -> Iterator[tuple[Cluster, Relay, str]]:
             yield c, relays[0], c.create_api_key()
 
 
-def _proof(key: object, sub: str, n: int) -> dict[str, object]:
+def _proof(key: PrivateKey, sub: str, n: int) -> dict[str, object]:
     ctx = {"type": "payment", "amount_minor": 1000 + n, "currency": "EUR", "payee": "ACME"}
-    return create_proof(key, ctx, aud=AUDIENCE, sub=sub).to_json_dict()  # type: ignore[arg-type]
+    return create_proof(key, ctx, aud=AUDIENCE, sub=sub).to_json_dict()
 
 
 def test_two_workers_accept_once_and_chain_verifies(cluster: tuple[Cluster, Relay, str]) -> None:
