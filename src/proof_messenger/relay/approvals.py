@@ -375,7 +375,9 @@ async def decline_approval(request: Request) -> Response:
     if done is None:
         status = current.effective_status(state.clock())
         raise ApprovalExpired(
-            f"the approval request is already {status}", approval_id=record.id, status=status
+            f"the approval request is already {status}",
+            approval_id=record.id,
+            approval_status=status,
         )
     return json_response(await approval_view(state, current, for_page=who == "page"))
 

@@ -190,7 +190,15 @@ class VerificationService:
             key = await self._resolve(proof.kid)
             self.verifier.check_key(parsed, key)
             assert key is not None
-            verified = self._check_signature(parsed, key, require_user_verification)
+            try:
+                verified = self._check_signature(parsed, key, require_user_verification)
+            except WebAuthnSignCount:
+                # Issue 5: the exact assertion that was already accepted comes back with
+                # its (now stale) counter. That is a replay, not a cloned authenticator:
+                # report it as one instead of raising a false clone alarm.
+                if await self.store.is_claimed(parsed.digest):
+                    raise Replayed("this proof was already accepted") from None
+                raise
             if identity is not None and identity.sub != parsed.intent.sub:
                 raise SubjectMismatch("the user token's subject is not the proof's subject")
             if verified.sign_count is not None and not await self.store.advance_sign_count(

@@ -215,7 +215,7 @@ async def register_verify(request: Request) -> Response:
         label="passkey",
         sign_count=verified.sign_count,
         transports=transports,
-        attestation_format=verified.fmt.value,
+        attestation_format=str(getattr(verified.fmt, "value", verified.fmt)),
     )
     try:
         await state.store.insert_key(record)
