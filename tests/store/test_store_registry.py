@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from proof_messenger.store import ApiKeyRecord, DuplicateKey, KeyRecord
+from proof_messenger.store._common import load_migrations
 
 from .conftest import T0, Target
 
@@ -28,47 +30,55 @@ def key(kid: str, sub: str = "alice", **kw: object) -> KeyRecord:
 async def test_migrate_is_idempotent_and_gates_readiness(target: Target) -> None:
     store = await target.store(migrate=False)
     assert await store.is_ready() is False
-    assert await store.migrate() == ["0001_initial"]
+    names = [m.name for m in load_migrations(target.kind)]
+    assert names[0] == "0001_initial"
+    assert await store.migrate() == names
     assert await store.is_ready() is True
     assert await store.migrate() == []
     assert await store.is_ready() is True
     rows = await target.fetch("SELECT name FROM schema_migrations")
-    assert rows == [("0001_initial",)]
+    assert sorted(rows) == [(n,) for n in names]
 
 
 async def test_two_instances_migrating_at_once_apply_once(target: Target) -> None:
     a = await target.store(migrate=False)
     b = await target.store(migrate=False)
     applied = await asyncio.gather(a.migrate(), b.migrate())
-    assert sorted(applied, key=len) == [[], ["0001_initial"]]
+    names = [m.name for m in load_migrations(target.kind)]
+    assert sorted(applied, key=len) == [[], names]
     assert await a.is_ready() and await b.is_ready()
 
 
 async def test_key_insert_get_list_revoke(target: Target) -> None:
     store = await target.store()
-    k1, k2, k3 = key("k1"), key("k2"), key("k3", sub="bob")
-    for k in (k1, k2, k3):
+    # Listed in registration order (created_at, then kid), not by kid.
+    first = dataclasses.replace(key("k-b"), created_at=T0 - 1)
+    second, bobs = key("k-a"), key("k-c", sub="bob")
+    for k in (second, bobs, first):
         await store.insert_key(k)
-    assert await store.get_key("k1") == k1
+    assert await store.get_key("k-b") == first
     assert await store.get_key("nope") is None
-    assert await store.list_keys("alice") == [k1, k2]
-    assert await store.list_keys("bob") == [k3]
-    assert await store.list_keys() == [k1, k2, k3]
+    assert await store.list_keys("alice") == [first, second]
+    assert await store.list_keys("bob") == [bobs]
+    assert await store.list_keys() == [first, second, bobs]
     assert await store.list_keys("' OR 1=1 --") == []
 
-    revoked = await store.revoke_key("k1", "lost device", T0 + 5)
+    revoked = await store.revoke_key("k-a", "lost device", T0 + 5)
     assert revoked is not None
     assert (revoked.status, revoked.revoke_reason, revoked.revoked_at) == (
         "revoked",
         "lost device",
         T0 + 5,
     )
-    assert await store.get_key("k1") == revoked
+    assert dataclasses.replace(revoked, status="active", revoked_at=None, revoke_reason=None) == (
+        second
+    )
+    assert await store.get_key("k-a") == revoked
     # A second revocation keeps the first reason and time.
-    again = await store.revoke_key("k1", "other", T0 + 9)
+    again = await store.revoke_key("k-a", "other", T0 + 9)
     assert again == revoked
     assert await store.revoke_key("nope", "x", T0) is None
-    assert (await store.get_key("k2")).status == "active"  # type: ignore[union-attr]
+    assert await store.get_key("k-b") == first  # others untouched
 
 
 async def test_duplicate_key_raises(target: Target) -> None:

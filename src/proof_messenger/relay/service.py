@@ -38,10 +38,12 @@ from ..protocol.errors import (
     SubjectMismatch,
     WebAuthnSignCount,
 )
+from ..protocol.intent import Intent
 from ..protocol.intent import digest as intent_digest
 from ..protocol.intent import proof_id as make_proof_id
 from ..protocol.keys import KeyFormatError, load_public_key_der
 from ..store.base import (
+    AppendResult,
     ApprovalTransition,
     AuditDraft,
     AuditRecord,
@@ -50,6 +52,7 @@ from ..store.base import (
     Store,
 )
 from .config import Settings
+from .metrics import metrics
 
 __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id"]
 
@@ -179,12 +182,14 @@ class VerificationService:
         request with this nonce, else ``approval_mismatch`` (audited like any rejection).
         """
         proof: Proof | None = None
+        intent: Intent | None = None
         parsed: ParsedProof | None = None
         verified: VerifiedProof | None = None
         now = self.clock()
         try:
             proof = body if isinstance(body, Proof) else self.verifier.parse(body, cbor=cbor)
-            parsed = self.verifier.check_intent(proof, now=now)
+            intent = self.verifier.decode_intent(proof)
+            parsed = self.verifier.check_claims(proof, intent, now=now)
             if expect_nonce is not None and parsed.intent.nonce != expect_nonce:
                 raise ApprovalMismatch("this proof does not answer this approval request")
             key = await self._resolve(proof.kid)
@@ -213,7 +218,7 @@ class VerificationService:
             if self.policy is not None:
                 await self.policy.check(verified, identity)
         except ProofError as exc:
-            return await self._reject(exc, proof, parsed, verified, client, now)
+            return await self._reject(exc, proof, intent, parsed, client, now)
         return await self._accept(verified, binding, client, now)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
@@ -233,6 +238,23 @@ class VerificationService:
         return resolved_key(record)
 
     # --- outcomes ------------------------------------------------------------------------------
+    async def _append(
+        self,
+        draft: AuditDraft,
+        *,
+        claim_digest: bytes | None = None,
+        outbox: list[OutboxEvent] | None = None,
+        approval: ApprovalTransition | None = None,
+    ) -> AppendResult:
+        """Append one audit row, timing it for the audit write latency histogram."""
+        started = time.perf_counter()
+        try:
+            return await self.store.append(
+                draft, claim_digest=claim_digest, outbox=outbox or (), approval=approval
+            )
+        finally:
+            metrics().audit_write_latency.observe(time.perf_counter() - started)
+
     async def _accept(
         self, verified: VerifiedProof, binding: Any, client: ClientInfo, now: float
     ) -> Outcome:
@@ -261,7 +283,7 @@ class VerificationService:
             proof_id=verified.proof_id,
             detail=f"approval {transition.approval_id}" if transition is not None else None,
         )
-        result = await self.store.append(
+        result = await self._append(
             draft, claim_digest=verified.digest, outbox=outbox, approval=transition
         )
         if result.transition_failed:
@@ -269,15 +291,13 @@ class VerificationService:
             exc: ProofError = ApprovalExpired(
                 "the approval request was decided or expired before this proof arrived"
             )
-            return await self._reject(
-                exc, verified.parsed.proof, verified.parsed, verified, client, now
-            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
-            return await self._reject(
-                exc, verified.parsed.proof, verified.parsed, verified, client, now
-            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         record = result.record
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
@@ -313,8 +333,8 @@ class VerificationService:
         self,
         exc: ProofError,
         proof: Proof | None,
+        intent: Intent | None,
         parsed: ParsedProof | None,
-        verified: VerifiedProof | None,
         client: ClientInfo,
         now: float,
     ) -> Outcome:
@@ -323,7 +343,6 @@ class VerificationService:
             pid = parsed.proof_id
         elif proof is not None:
             pid = make_proof_id(intent_digest(proof.intent))
-        intent = parsed.intent if parsed is not None else None
         event_id = new_event_id()
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool)}
         body_extra = {"proof_id": pid, "audit_event_id": event_id, **extra}
@@ -355,7 +374,7 @@ class VerificationService:
             error_code=exc.code,
             detail=exc.detail,
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         log.info(
             "proof.rejected",
             code=exc.code,
@@ -445,7 +464,7 @@ class VerificationService:
             if self.outbox_for and outbox_payload is not None
             else []
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         assert result.record is not None
         return result.record
 
@@ -475,7 +494,7 @@ class VerificationService:
             if self.outbox_for and outbox_payload is not None
             else []
         )
-        result = await self.store.append(draft, outbox=outbox, approval=transition)
+        result = await self._append(draft, outbox=outbox, approval=transition)
         return None if result.transition_failed else result.record
 
     def decrypt_context(self, record: AuditRecord) -> Any:

@@ -1,8 +1,8 @@
-"""Run as a separate process by test_store_multiprocess.py: appends to a shared SQLite file.
+"""Run as a separate process by test_store_processes.py: one "relay worker" appending.
 
-usage: python sqlite_worker.py DB_PATH NAME COUNT SHARED_DIGEST_HEX PEERS
-Waits until PEERS workers are ready (a file barrier next to the database) so the
-processes really write at the same time, then appends from 8 sequential "clients".
+usage: python append_worker.py STORE_URL BARRIER_DIR NAME COUNT SHARED_DIGEST_HEX PEERS
+Waits until PEERS workers are ready (a file barrier in BARRIER_DIR) so the processes
+really write at the same time, then appends from 8 sequential "clients".
 Prints one JSON line: {"accepted": n, "replayed": n}.
 """
 
@@ -14,19 +14,21 @@ import sys
 import time
 from pathlib import Path
 
-from proof_messenger.store import AppendResult, AuditDraft
-from proof_messenger.store.sqlite import SQLiteStore
+from proof_messenger.store import AppendResult, AuditDraft, open_store
 
 
-async def main(path: str, name: str, count: int, shared: bytes, peers: int) -> None:
-    store = SQLiteStore(path)
+def _ready(barrier: Path) -> int:
+    return len(list(barrier.glob("*.ready")))
+
+
+async def main(url: str, barrier: Path, name: str, count: int, shared: bytes, peers: int) -> None:
+    store = open_store(url)
     await store.open()
     await store.migrate()  # the processes race here on purpose
-    barrier = Path(path).parent
     (barrier / f"{name}.ready").touch()
     deadline = time.monotonic() + 60
     # A file barrier between processes: nothing to await but the clock.
-    while len(list(barrier.glob("*.ready"))) < peers and time.monotonic() < deadline:  # noqa: ASYNC110
+    while _ready(barrier) < peers and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
     async def client(c: int) -> list[AppendResult]:
@@ -50,8 +52,5 @@ async def main(path: str, name: str, count: int, shared: bytes, peers: int) -> N
 
 
 if __name__ == "__main__":
-    asyncio.run(
-        main(
-            sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.argv[4]), int(sys.argv[5])
-        )
-    )
+    url, barrier, name, count, shared, peers = sys.argv[1:7]
+    asyncio.run(main(url, Path(barrier), name, int(count), bytes.fromhex(shared), int(peers)))
