@@ -154,8 +154,10 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
             r.process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API keeps an event loop running on this thread,
+    which breaks pytest-asyncio tests that run after it while it is alive."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed; these tests need a real Chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
