@@ -22,6 +22,8 @@ from proof_messenger.audit.merkle import CompactTree
 __all__ = [
     "ApiKeyRecord",
     "AppendResult",
+    "ApprovalRecord",
+    "ApprovalTransition",
     "AuditDraft",
     "AuditFilter",
     "AuditPage",
@@ -33,6 +35,7 @@ __all__ = [
     "LogEntry",
     "LogKeyRecord",
     "OutboxEvent",
+    "RegistrationChallenge",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -40,6 +43,7 @@ __all__ = [
 
 KeyStatus = Literal["active", "revoked"]
 AuditStatus = Literal["accepted", "rejected", "info"]
+ApprovalStatus = Literal["pending", "approved", "declined", "expired"]
 
 
 class StoreError(Exception):
@@ -136,6 +140,71 @@ class ChainHead:
 class AppendResult:
     record: AuditRecord | None  # None when the claim lost the race (replayed)
     replayed: bool = False
+    #: The approval transition's compare-and-set failed (no longer pending, or the
+    #: deadline condition did not hold); nothing was written for this item.
+    transition_failed: bool = False
+
+
+# --- approval requests (issue 5) ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """An approval request: the server-built intent a user is asked to sign.
+
+    The intent (which holds the context) is stored encrypted with the master keyring
+    (AAD = the approval id); ``intent_digest`` is kept in clear so that check 8 can
+    compare a proof with its request without decrypting anything.
+    """
+
+    id: str
+    sub: str
+    aud: str
+    nonce: bytes
+    intent_digest: bytes
+    intent_key_id: str
+    intent_ct: bytes
+    page_token_hash: bytes  # SHA-256 of the approval page's token
+    created_at: float
+    expires_at: float
+    status: ApprovalStatus = "pending"
+    require_uv: bool = False
+    api_key_id: str | None = None
+    decided_at: float | None = None
+    proof_id: str | None = None
+    audit_event_id: str | None = None
+
+    def effective_status(self, now: float) -> ApprovalStatus:
+        """``expired`` for a pending request past its deadline, before the sweeper marks it."""
+        if self.status == "pending" and now >= self.expires_at:
+            return "expired"
+        return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalTransition:
+    """A compare-and-set on an approval, executed in the same transaction as an audit row.
+
+    ``approved``/``declined`` need ``status = 'pending' AND expires_at > at``;
+    ``expired`` needs ``status = 'pending' AND expires_at <= at``. The audit row's
+    event id is recorded on the approval.
+    """
+
+    approval_id: str
+    status: Literal["approved", "declined", "expired"]
+    at: float
+    proof_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationChallenge:
+    """A one-use WebAuthn registration ceremony, found by the SHA-256 of its token."""
+
+    token_hash: bytes
+    sub: str
+    challenge: bytes
+    options_json: str
+    created_at: float
+    expires_at: float
+    used: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,11 +298,14 @@ class Store(Protocol):
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        approval: ApprovalTransition | None = None,
     ) -> AppendResult:
         """Durably append one audit row (group-committed with concurrent callers).
 
         With ``claim_digest``, the digest is inserted into the replay table in the same
         transaction; if it is already there, nothing is written and ``replayed`` is True.
+        With ``approval``, the transition's compare-and-set runs in the same transaction;
+        if it fails, nothing is written and ``transition_failed`` is True.
         Returns only after the transaction has committed.
         """
         ...
@@ -249,6 +321,25 @@ class Store(Protocol):
     async def audit_count(self) -> int: ...
     async def chain_head(self) -> ChainHead:
         """The committed chain head (added by the store work: ``audit verify`` needs it)."""
+        ...
+
+    # --- approval requests and WebAuthn registration ceremonies ------------------------------
+    async def insert_approval(self, record: ApprovalRecord) -> None: ...
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
+    async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None: ...
+    async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
+        """Pending requests whose deadline has passed (for the expiry sweeper)."""
+        ...
+
+    async def insert_registration(self, challenge: RegistrationChallenge) -> None: ...
+    async def get_registration(self, token_hash: bytes, now: float) -> RegistrationChallenge | None:
+        """The unused, unexpired ceremony for this token, without consuming it."""
+        ...
+
+    async def consume_registration(
+        self, token_hash: bytes, now: float
+    ) -> RegistrationChallenge | None:
+        """Mark the ceremony used (compare-and-set); None if unknown, used or expired."""
         ...
 
     # --- Merkle log (issue 9) --------------------------------------------------------------------

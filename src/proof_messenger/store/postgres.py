@@ -23,8 +23,13 @@ from proof_messenger.audit.merkle import CompactTree
 
 from . import _merkle
 from ._common import (
+    APPROVAL_COLUMNS,
+    APPROVAL_SELECT,
     AUDIT_SELECT,
     ITER_CHUNK,
+    REGISTRATION_SELECT,
+    approval_from_row,
+    approval_values,
     audit_record_from_row,
     audit_row_values,
     audit_where,
@@ -32,10 +37,15 @@ from ._common import (
     decode_cursor,
     encode_cursor,
     load_migrations,
+    registration_from_row,
+    transition_args,
+    transition_sql,
 )
 from .base import (
     ApiKeyRecord,
     AppendResult,
+    ApprovalRecord,
+    ApprovalTransition,
     AuditDraft,
     AuditFilter,
     AuditPage,
@@ -47,6 +57,7 @@ from .base import (
     LogEntry,
     LogKeyRecord,
     OutboxEvent,
+    RegistrationChallenge,
     StoreError,
     StoreUnavailable,
 )
@@ -79,6 +90,13 @@ _INSERT_OUTBOX = (
     "SELECT e, t, p, c, c FROM unnest($1::text[], $2::text[], $3::bytea[], "
     "$4::double precision[]) AS u(e, t, p, c)"
 )
+_INSERT_APPROVAL = (
+    "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
+    "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
+    "proof_id, audit_event_id) VALUES "
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+)
+assert _INSERT_APPROVAL.count("$") == len(APPROVAL_COLUMNS)
 _CLAIM = (
     "INSERT INTO replay (digest, accepted_at, event_id) "
     "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) "
@@ -387,8 +405,9 @@ class PostgresStore:
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        approval: ApprovalTransition | None = None,
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox)
+        return await self._committer.submit(draft, claim_digest, outbox, approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         # Within the batch the first claimant of a digest wins; later ones are replays.
@@ -429,6 +448,16 @@ class PostgresStore:
                         results.append(AppendResult(record=None, replayed=True))
                         continue
                     won.discard(digest)  # a second item with this digest is a replay
+                if item.approval is not None:  # issue 5: approval CAS, atomic with this row
+                    status = await con.execute(
+                        transition_sql(item.approval, "postgres"),
+                        *transition_args(item.approval, item.draft.event_id),
+                    )
+                    if status != "UPDATE 1":
+                        if digest is not None:
+                            await con.execute("DELETE FROM replay WHERE digest = $1", digest)
+                        results.append(AppendResult(record=None, transition_failed=True))
+                        continue
                 record = seal(seq + 1, prev_hash, item.draft)
                 seq, prev_hash = record.seq, record.entry_hash
                 records.append(record)
@@ -464,6 +493,73 @@ class PostgresStore:
                     tree.to_bytes(),
                 )
         return results
+
+    # --- approvals and registration ceremonies (issue 5) ---------------------------------------
+
+    async def insert_approval(self, record: ApprovalRecord) -> None:
+        async with self._conn("insert_approval") as con:
+            await con.execute(_INSERT_APPROVAL, *approval_values(record))
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        async with self._conn("get_approval") as con:
+            row = await con.fetchrow(APPROVAL_SELECT + " WHERE id = $1", approval_id)
+        return None if row is None else approval_from_row(row)
+
+    async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
+        async with self._conn("get_approval_by_nonce") as con:
+            row = await con.fetchrow(APPROVAL_SELECT + " WHERE nonce = $1", nonce)
+        return None if row is None else approval_from_row(row)
+
+    async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
+        async with self._conn("list_due_approvals") as con:
+            rows = await con.fetch(
+                APPROVAL_SELECT
+                + " WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+                now,
+                limit,
+            )
+        return [approval_from_row(r) for r in rows]
+
+    async def insert_registration(self, challenge: RegistrationChallenge) -> None:
+        async with self._conn("insert_registration") as con, con.transaction():
+            # Ceremonies are short-lived: drop the long-expired ones as we go.
+            await con.execute(
+                "DELETE FROM webauthn_challenges WHERE expires_at < $1",
+                challenge.created_at - 3600,
+            )
+            await con.execute(
+                "INSERT INTO webauthn_challenges (token_hash, sub, challenge, options_json, "
+                "created_at, expires_at, used) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                challenge.token_hash,
+                challenge.sub,
+                challenge.challenge,
+                challenge.options_json,
+                challenge.created_at,
+                challenge.expires_at,
+                challenge.used,
+            )
+
+    async def get_registration(self, token_hash: bytes, now: float) -> RegistrationChallenge | None:
+        async with self._conn("get_registration") as con:
+            row = await con.fetchrow(
+                REGISTRATION_SELECT + " WHERE token_hash = $1 AND NOT used AND expires_at > $2",
+                token_hash,
+                now,
+            )
+        return None if row is None else registration_from_row(row)
+
+    async def consume_registration(
+        self, token_hash: bytes, now: float
+    ) -> RegistrationChallenge | None:
+        async with self._conn("consume_registration") as con:
+            row = await con.fetchrow(
+                "UPDATE webauthn_challenges SET used = true "
+                "WHERE token_hash = $1 AND NOT used AND expires_at > $2 "
+                "RETURNING token_hash, sub, challenge, options_json, created_at, expires_at, used",
+                token_hash,
+                now,
+            )
+        return None if row is None else registration_from_row(row)
 
     async def chain_head(self) -> ChainHead:
         async with self._conn("chain_head") as con:

@@ -32,9 +32,14 @@ from proof_messenger.audit.merkle import CompactTree
 
 from . import _merkle
 from ._common import (
+    APPROVAL_COLUMNS,
+    APPROVAL_SELECT,
     AUDIT_COLUMNS,
     AUDIT_SELECT,
     ITER_CHUNK,
+    REGISTRATION_SELECT,
+    approval_from_row,
+    approval_values,
     audit_record_from_row,
     audit_row_values,
     audit_where,
@@ -42,10 +47,15 @@ from ._common import (
     decode_cursor,
     encode_cursor,
     load_migrations,
+    registration_from_row,
+    transition_args,
+    transition_sql,
 )
 from .base import (
     ApiKeyRecord,
     AppendResult,
+    ApprovalRecord,
+    ApprovalTransition,
     AuditDraft,
     AuditFilter,
     AuditPage,
@@ -57,6 +67,7 @@ from .base import (
     LogEntry,
     LogKeyRecord,
     OutboxEvent,
+    RegistrationChallenge,
     StoreError,
     StoreUnavailable,
 )
@@ -92,6 +103,13 @@ _INSERT_API_KEY = (
     "INSERT INTO api_keys (id, name, secret_hash, scopes, created_at, revoked_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_APPROVAL = (
+    "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
+    "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
+    "proof_id, audit_event_id) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+assert _INSERT_APPROVAL.count("?") == len(APPROVAL_COLUMNS)
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (event_id, event_type, payload, created_at, next_attempt_at) "
     "VALUES (?, ?, ?, ?, ?)"
@@ -503,11 +521,85 @@ class SQLiteStore:
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        approval: ApprovalTransition | None = None,
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox)
+        return await self._committer.submit(draft, claim_digest, outbox, approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         return await self._write(functools.partial(_commit_batch_sync, batch=batch))
+
+    # --- approvals and registration ceremonies (issue 5) ---------------------------------------
+
+    async def insert_approval(self, record: ApprovalRecord) -> None:
+        values = approval_values(record)
+        await self._write(lambda con: con.execute(_INSERT_APPROVAL, values))
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        row = await self._read(
+            lambda con: con.execute(APPROVAL_SELECT + " WHERE id = ?", (approval_id,)).fetchone()
+        )
+        return None if row is None else approval_from_row(row)
+
+    async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
+        row = await self._read(
+            lambda con: con.execute(APPROVAL_SELECT + " WHERE nonce = ?", (nonce,)).fetchone()
+        )
+        return None if row is None else approval_from_row(row)
+
+    async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
+        sql = APPROVAL_SELECT + (
+            " WHERE status = 'pending' AND expires_at <= ? ORDER BY expires_at LIMIT ?"
+        )
+        rows = await self._read(lambda con: con.execute(sql, (now, limit)).fetchall())
+        return [approval_from_row(r) for r in rows]
+
+    async def insert_registration(self, challenge: RegistrationChallenge) -> None:
+        values = (
+            challenge.token_hash,
+            challenge.sub,
+            challenge.challenge,
+            challenge.options_json,
+            challenge.created_at,
+            challenge.expires_at,
+            int(challenge.used),
+        )
+
+        def insert(con: sqlite3.Connection) -> None:
+            # Ceremonies are short-lived: drop the long-expired ones while we hold the lock.
+            con.execute(
+                "DELETE FROM webauthn_challenges WHERE expires_at < ?",
+                (challenge.created_at - 3600,),
+            )
+            con.execute(
+                "INSERT INTO webauthn_challenges (token_hash, sub, challenge, options_json, "
+                "created_at, expires_at, used) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+        await self._write(insert)
+
+    async def get_registration(self, token_hash: bytes, now: float) -> RegistrationChallenge | None:
+        sql = REGISTRATION_SELECT + " WHERE token_hash = ? AND used = 0 AND expires_at > ?"
+        row = await self._read(lambda con: con.execute(sql, (token_hash, now)).fetchone())
+        return None if row is None else registration_from_row(row)
+
+    async def consume_registration(
+        self, token_hash: bytes, now: float
+    ) -> RegistrationChallenge | None:
+        def consume(con: sqlite3.Connection) -> Any:
+            cur = con.execute(
+                "UPDATE webauthn_challenges SET used = 1 "
+                "WHERE token_hash = ? AND used = 0 AND expires_at > ?",
+                (token_hash, now),
+            )
+            if cur.rowcount != 1:
+                return None
+            return con.execute(
+                REGISTRATION_SELECT + " WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+
+        row = await self._write(consume)
+        return None if row is None else registration_from_row(row)
 
     async def chain_head(self) -> ChainHead:
         row = await self._read(
@@ -672,6 +764,16 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
             )
             if cur.rowcount != 1:
                 results.append(AppendResult(record=None, replayed=True))
+                continue
+        if item.approval is not None:  # issue 5: approval CAS, atomic with this row
+            cur = con.execute(
+                transition_sql(item.approval, "sqlite"),
+                transition_args(item.approval, draft.event_id),
+            )
+            if cur.rowcount != 1:
+                if item.claim_digest is not None:
+                    con.execute("DELETE FROM replay WHERE digest = ?", (item.claim_digest,))
+                results.append(AppendResult(record=None, transition_failed=True))
                 continue
         record = seal(seq + 1, prev_hash, draft)
         leaf = _merkle.record_leaf_hash(record)
