@@ -158,14 +158,16 @@ def test_approve_in_browser(relay: Relay, passkey_browser: PasskeyBrowser, enrol
     assert listener.wait()[-1] == "approved"
     assert listener.statuses[0] == "pending"
     rows = [
-        e for e in audit_events(relay, "approval.approved") if e["proof_id"] == approval["proof_id"]
+        e for e in audit_events(relay, "proof.verified") if e["proof_id"] == approval["proof_id"]
     ]
     assert len(rows) == 1
+    assert rows[0]["detail"] == f"approval {approval['id']}"
     assert rows[0]["status"] == "accepted" and rows[0]["kid"] == enrolled
     assert rows[0]["amount_minor"] == 1_250_000 and rows[0]["currency"] == "EUR"
     with relay.client() as c:
         view = c.get(f"/approvals/{approval['id']}").json()
     assert view["audit_event_id"] == rows[0]["event_id"]
+    assert view["leaf_index"] == rows[0]["leaf_index"]
 
     # Replaying the very same assertion is refused, through the page route and /verify.
     envelope = proof_request.value.post_data

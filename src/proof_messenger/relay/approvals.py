@@ -182,7 +182,12 @@ async def approval_view(
         "require_user_verification": record.require_uv,
         "requested_by": requester,
         "audit_event_id": record.audit_event_id,
+        "leaf_index": None,
     }
+    if record.audit_event_id is not None:
+        # Where the deciding row sits in the Merkle log, for an inclusion proof later.
+        audit = await state.store.get_audit(record.audit_event_id)
+        view["leaf_index"] = audit.seq - 1 if audit is not None else None
     if for_page:
         keys = await state.store.list_keys(record.sub)
         view["credential_ids"] = [
@@ -550,6 +555,7 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "require_user_verification": {"type": "boolean"},
             "requested_by": {"type": ["string", "null"]},
             "audit_event_id": {"type": ["string", "null"]},
+            "leaf_index": {"type": ["integer", "null"], "minimum": 0},
             "credential_ids": {"type": "array", "items": {"type": "string"}},
             "rp_id": {"type": "string"},
         },

@@ -261,12 +261,12 @@ class VerificationService:
         intent = verified.intent
         event_id = new_event_id()
         payload = self._accepted_body(verified, event_id, now)
-        # Issue 5: a proof answering an approval request is audited as approval.approved,
-        # and the request's pending -> approved CAS commits with this very row.
+        # Every accepted proof is one proof.verified row; one that answers an approval
+        # request names it in `detail`, and the request's pending -> approved CAS commits
+        # with this very row (webhooks get approval.approved as well).
         transition = binding if isinstance(binding, ApprovalTransition) else None
         event_type = "proof.verified"
         if transition is not None:
-            event_type = "approval.approved"
             payload["approval_id"] = transition.approval_id
         outbox = self.outbox_for("proof.verified", payload) if self.outbox_for else []
         if transition is not None and self.outbox_for:
