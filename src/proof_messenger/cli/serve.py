@@ -80,11 +80,16 @@ def _prepare_features(settings: object) -> None:
     """Start-up work of feature modules that must happen once, before workers fork."""
     from importlib import import_module
 
-    for name in ("log_routes",):
+    from ..relay.config import ConfigError
+
+    for name in ("log_routes", "policy_routes"):
         try:
             module = import_module(f"proof_messenger.relay.{name}")
         except ModuleNotFoundError:
             continue
         prepare = getattr(module, "prepare", None)
         if prepare is not None:
-            prepare(settings)
+            try:
+                prepare(settings)
+            except ConfigError as exc:  # e.g. an invalid policy: or oidc: section
+                fail(f"invalid configuration: {exc}")

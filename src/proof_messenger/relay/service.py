@@ -94,7 +94,9 @@ class ApprovalHook(Protocol):
 class PolicyHook(Protocol):
     """Check 9: business policy; raises PolicyDenied naming the rule."""
 
-    async def check(self, verified: VerifiedProof, identity: Identity | None) -> None: ...
+    async def check(self, verified: VerifiedProof, identity: Identity | None) -> Any:
+        """Raise PolicyDenied, or return None / a value for ``after_accept`` (N-of-M)."""
+        ...
 
 
 AcceptedCallback = Callable[[VerifiedProof, AuditRecord, Any], Awaitable[None]]
@@ -177,11 +179,12 @@ class VerificationService:
             if await self.store.is_claimed(parsed.digest):
                 raise Replayed("this proof was already accepted")
             binding = await self.approvals.check(verified) if self.approvals else None
+            policy_result = None
             if self.policy is not None:
-                await self.policy.check(verified, identity)
+                policy_result = await self.policy.check(verified, identity)
         except ProofError as exc:
             return await self._reject(exc, proof, parsed, verified, client, now)
-        return await self._accept(verified, binding, client, now)
+        return await self._accept(verified, binding, client, now, policy_result)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
         """Audit and answer input that never became a proof envelope."""
@@ -201,7 +204,12 @@ class VerificationService:
 
     # --- outcomes ------------------------------------------------------------------------------
     async def _accept(
-        self, verified: VerifiedProof, binding: Any, client: ClientInfo, now: float
+        self,
+        verified: VerifiedProof,
+        binding: Any,
+        client: ClientInfo,
+        now: float,
+        policy_result: Any = None,
     ) -> Outcome:
         intent = verified.intent
         event_id = new_event_id()
@@ -229,6 +237,11 @@ class VerificationService:
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
             await self.on_accepted(verified, record, binding)
+        # --- policy engine (issue 6): record an N-of-M approval after the commit ----------
+        after_accept = getattr(self.policy, "after_accept", None)
+        if policy_result is not None and after_accept is not None:
+            payload.update(await after_accept(verified, record, policy_result))
+        # --- end policy engine ---------------------------------------------------------------
         log.info(
             "proof.verified",
             proof_id=verified.proof_id,

@@ -28,6 +28,7 @@ __all__ = [
     "DuplicateKey",
     "KeyRecord",
     "OutboxEvent",
+    "PolicyApproval",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -148,6 +149,22 @@ class AuditPage:
     next_cursor: str | None = None
 
 
+# --- policy engine (issue 6) -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PolicyApproval:
+    """One subject's approval of a transaction that needs N-of-M approvals."""
+
+    tx_key: str
+    sub: str
+    proof_id: str
+    rule: str
+    roles: tuple[str, ...]
+    at: float
+
+
+# --- end policy engine --------------------------------------------------------------------------
+
+
 @runtime_checkable
 class Store(Protocol):
     """What the relay needs from a database. All methods are safe across instances."""
@@ -209,3 +226,14 @@ class Store(Protocol):
     async def chain_head(self) -> ChainHead:
         """The committed chain head (added by the store work: ``audit verify`` needs it)."""
         ...
+
+    # --- policy engine (issue 6) -----------------------------------------------------------------
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        """Record an approval; False (and nothing written) if this subject already approved."""
+        ...
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        """The approvals of one transaction, oldest first (read from the primary)."""
+        ...
+
+    # --- end policy engine -----------------------------------------------------------------------

@@ -42,6 +42,7 @@ from .base import (
     DuplicateKey,
     KeyRecord,
     OutboxEvent,
+    PolicyApproval,
     StoreError,
     StoreUnavailable,
 )
@@ -358,6 +359,34 @@ class PostgresStore:
                 at,
             )
         return bool(status == "UPDATE 1")
+
+    # --- policy engine (issue 6) ----------------------------------------------------------------
+
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        async with self._conn("add_policy_approval") as con:
+            status = await con.execute(
+                "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tx_key, sub) DO NOTHING",
+                approval.tx_key,
+                approval.sub,
+                approval.proof_id,
+                approval.rule,
+                list(approval.roles),
+                approval.at,
+            )
+        return bool(status == "INSERT 0 1")
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        # From the primary: a replica may lag behind the approval just written.
+        async with self._conn("list_policy_approvals") as con:
+            rows = await con.fetch(
+                "SELECT tx_key, sub, proof_id, rule, roles, at FROM policy_approvals "
+                "WHERE tx_key = $1 ORDER BY at, sub",
+                tx_key,
+            )
+        return [PolicyApproval(r[0], r[1], r[2], r[3], tuple(r[4]), float(r[5])) for r in rows]
+
+    # --- end policy engine ---------------------------------------------------------------------
 
     # --- replay + audit ------------------------------------------------------------------------
 

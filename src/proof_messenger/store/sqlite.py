@@ -52,6 +52,7 @@ from .base import (
     DuplicateKey,
     KeyRecord,
     OutboxEvent,
+    PolicyApproval,
     StoreError,
     StoreUnavailable,
 )
@@ -456,6 +457,43 @@ class SQLiteStore:
             return cur.rowcount == 1
 
         return await self._write(revoke)
+
+    # --- policy engine (issue 6) ----------------------------------------------------------------
+
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        values = (
+            approval.tx_key,
+            approval.sub,
+            approval.proof_id,
+            approval.rule,
+            json.dumps(list(approval.roles)),
+            approval.at,
+        )
+
+        def insert(con: sqlite3.Connection) -> bool:
+            cur = con.execute(
+                "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tx_key, sub) DO NOTHING",
+                values,
+            )
+            return cur.rowcount == 1
+
+        return await self._write(insert)
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        rows = await self._read(
+            lambda con: con.execute(
+                "SELECT tx_key, sub, proof_id, rule, roles, at FROM policy_approvals "
+                "WHERE tx_key = ? ORDER BY at, sub",
+                (tx_key,),
+            ).fetchall()
+        )
+        return [
+            PolicyApproval(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]))
+            for r in rows
+        ]
+
+    # --- end policy engine ---------------------------------------------------------------------
 
     # --- replay + audit ------------------------------------------------------------------------
 
