@@ -98,7 +98,9 @@ class Issuer:
             "exp": now + ttl,
             **claims,
         }
-        return jwt.encode(payload, signer.private, algorithm=signer.alg, headers={"kid": signer.kid})
+        return jwt.encode(
+            payload, signer.private, algorithm=signer.alg, headers={"kid": signer.kid}
+        )
 
 
 @contextmanager
@@ -237,7 +239,9 @@ def running_relay(workdir: Path, config: dict[str, Any]) -> Iterator[Relay]:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError("relay did not become healthy:\n" + (workdir / "relay.log").read_text())
+                raise AssertionError(
+                    "relay did not become healthy:\n" + (workdir / "relay.log").read_text()
+                )
             time.sleep(0.1)
         yield Relay(url, api_key, cfg, workdir, process, client)
     finally:

@@ -262,7 +262,7 @@ def test_get_policy_shows_version(relay: Relay) -> None:
     assert r.status_code == 200
     body = r.json()
     assert len(body["version"]) == 16
-    assert [rule["name"] for rule in body["rules"]][0] == "wire-over-limit"
+    assert body["rules"][0]["name"] == "wire-over-limit"
 
 
 # --- reload ------------------------------------------------------------------------------------
@@ -290,9 +290,11 @@ def test_policy_file_change_is_enforced_and_invalid_file_is_refused(
         policy_file.write_text("rules:\n  - name: broken\n    max_amount: lots\n")
         info = wait_until(
             lambda: (
-                b := relay.client.get("/policy", headers=relay.headers()).json()
-            )["reload"]["failures"]
-            and b
+                (b := relay.client.get("/policy", headers=relay.headers()).json())["reload"][
+                    "failures"
+                ]
+                and b
+            )
         )
         assert info["version"] == current
         assert "rules[0]" in info["reload"]["last_error"]

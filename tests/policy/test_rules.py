@@ -62,7 +62,11 @@ POLICY = parse_policy(
                 "match": {"type": "yen_transfer"},
                 "max_amount": {"amount_minor": 1_000_000, "currency": "JPY"},
             },
-            {"name": "default", "default": True, "max_amount": {"amount_minor": 1_000_00, "currency": "EUR"}},
+            {
+                "name": "default",
+                "default": True,
+                "max_amount": {"amount_minor": 1_000_00, "currency": "EUR"},
+            },
         ]
     }
 )
@@ -137,8 +141,15 @@ def test_missing_amount_denies() -> None:
 
 
 def test_amount_equal_to_limit_is_allowed_and_yen_has_no_decimals() -> None:
-    assert evaluate(POLICY, facts({"type": "yen_transfer", "amount_minor": 1_000_000, "currency": "JPY"})).outcome == "allow"
-    d = evaluate(POLICY, facts({"type": "yen_transfer", "amount_minor": 1_000_001, "currency": "JPY"}))
+    assert (
+        evaluate(
+            POLICY, facts({"type": "yen_transfer", "amount_minor": 1_000_000, "currency": "JPY"})
+        ).outcome
+        == "allow"
+    )
+    d = evaluate(
+        POLICY, facts({"type": "yen_transfer", "amount_minor": 1_000_001, "currency": "JPY"})
+    )
     assert d.reason == "amount 1,000,001 JPY exceeds 1,000,000 JPY"
 
 
@@ -217,7 +228,9 @@ def test_allowed_hours_in_berlin(local: datetime, allowed: bool) -> None:
     d = evaluate(POLICY, facts(FX, now=now))
     assert (d.outcome == "allow") is allowed
     if not allowed:
-        assert "outside the allowed hours 08:00-18:00 mon,tue,wed,thu,fri (Europe/Berlin)" in d.reason
+        assert (
+            "outside the allowed hours 08:00-18:00 mon,tue,wed,thu,fri (Europe/Berlin)" in d.reason
+        )
 
 
 def test_hours_follow_daylight_saving() -> None:
@@ -264,21 +277,59 @@ def test_no_rule_and_no_default_denies() -> None:
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
-        ([{"name": "a", "default": True, "max_amount": {"amount_minor": -1, "currency": "EUR"}}],
-         "policy.rules[0].max_amount.amount_minor: must be a non-negative integer"),
-        ([{"name": "a", "default": True}, {"name": "b", "default": True}], "policy.rules[1]: a second default rule"),
-        ([{"name": "a", "default": True}, {"name": "a", "match": {"type": "x"}}], "policy.rules[1].name: duplicate"),
-        ([{"name": "a", "default": True, "max_amount": {"amount_minor": 1, "currency": "eur"}}],
-         "policy.rules[0].max_amount.currency"),
-        ([{"name": "a", "default": True, "allowed_hours": {"from": "8:00", "to": "18:00", "timezone": "UTC"}}],
-         "policy.rules[0].allowed_hours.from"),
-        ([{"name": "a", "default": True, "allowed_hours": {"from": "08:00", "to": "18:00", "timezone": "Mars/Base"}}],
-         "policy.rules[0].allowed_hours.timezone: unknown time zone"),
-        ([{"name": "a", "default": True, "approvals": {"required": 0, "roles": ["t"]}}], "policy.rules[0].approvals.required"),
-        ([{"name": "a", "default": True, "approvals": {"required": 2, "roles": []}}], "policy.rules[0].approvals.roles"),
-        ([{"name": "a", "default": True, "max_amount_eur": 1}], "policy.rules[0].max_amount_eur: unknown setting"),
+        (
+            [{"name": "a", "default": True, "max_amount": {"amount_minor": -1, "currency": "EUR"}}],
+            "policy.rules[0].max_amount.amount_minor: must be a non-negative integer",
+        ),
+        (
+            [{"name": "a", "default": True}, {"name": "b", "default": True}],
+            "policy.rules[1]: a second default rule",
+        ),
+        (
+            [{"name": "a", "default": True}, {"name": "a", "match": {"type": "x"}}],
+            "policy.rules[1].name: duplicate",
+        ),
+        (
+            [{"name": "a", "default": True, "max_amount": {"amount_minor": 1, "currency": "eur"}}],
+            "policy.rules[0].max_amount.currency",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "default": True,
+                    "allowed_hours": {"from": "8:00", "to": "18:00", "timezone": "UTC"},
+                }
+            ],
+            "policy.rules[0].allowed_hours.from",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "default": True,
+                    "allowed_hours": {"from": "08:00", "to": "18:00", "timezone": "Mars/Base"},
+                }
+            ],
+            "policy.rules[0].allowed_hours.timezone: unknown time zone",
+        ),
+        (
+            [{"name": "a", "default": True, "approvals": {"required": 0, "roles": ["t"]}}],
+            "policy.rules[0].approvals.required",
+        ),
+        (
+            [{"name": "a", "default": True, "approvals": {"required": 2, "roles": []}}],
+            "policy.rules[0].approvals.roles",
+        ),
+        (
+            [{"name": "a", "default": True, "max_amount_eur": 1}],
+            "policy.rules[0].max_amount_eur: unknown setting",
+        ),
         ([{"name": "a", "match": {"type": "Wire"}}], "policy.rules[0].match.type"),
-        ([{"name": "a", "default": True, "max_proof_age_seconds": True}], "policy.rules[0].max_proof_age_seconds"),
+        (
+            [{"name": "a", "default": True, "max_proof_age_seconds": True}],
+            "policy.rules[0].max_proof_age_seconds",
+        ),
     ],
 )
 def test_invalid_rules_name_the_setting(rules: list[Any], message: str) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from proof_messenger.store import ApiKeyRecord, DuplicateKey, KeyRecord
+from proof_messenger.store._common import load_migrations
 
 from .conftest import T0, Target
 
@@ -29,19 +30,22 @@ def key(kid: str, sub: str = "alice", **kw: object) -> KeyRecord:
 async def test_migrate_is_idempotent_and_gates_readiness(target: Target) -> None:
     store = await target.store(migrate=False)
     assert await store.is_ready() is False
-    assert await store.migrate() == ["0001_initial"]
+    # Every shipped migration, in order (features add numbered files; gaps are allowed).
+    shipped = [m.name for m in load_migrations("sqlite")]
+    assert shipped[0] == "0001_initial"
+    assert await store.migrate() == shipped
     assert await store.is_ready() is True
     assert await store.migrate() == []
     assert await store.is_ready() is True
-    rows = await target.fetch("SELECT name FROM schema_migrations")
-    assert rows == [("0001_initial",)]
+    rows = await target.fetch("SELECT name FROM schema_migrations ORDER BY name")
+    assert rows == [(name,) for name in shipped]
 
 
 async def test_two_instances_migrating_at_once_apply_once(target: Target) -> None:
     a = await target.store(migrate=False)
     b = await target.store(migrate=False)
     applied = await asyncio.gather(a.migrate(), b.migrate())
-    assert sorted(applied, key=len) == [[], ["0001_initial"]]
+    assert sorted(applied, key=len) == [[], [m.name for m in load_migrations("sqlite")]]
     assert await a.is_ready() and await b.is_ready()
 
 
@@ -114,3 +118,31 @@ async def test_api_keys_crud(target: Target) -> None:
     assert await store.revoke_api_key("pk_x", T0 + 11) is False
     got = await store.get_api_key("pk_a")
     assert got is not None and got.revoked_at == T0 + 10
+
+
+# --- policy engine (issue 6): partial N-of-M approvals --------------------------------------
+async def test_policy_approvals_count_each_subject_once(target: Target) -> None:
+    from proof_messenger.store.base import PolicyApproval
+
+    store = await target.store()
+    tx = "t" * 43
+
+    def approval(sub: str, proof: str, at: float) -> PolicyApproval:
+        return PolicyApproval(tx, sub, proof, "wire-over-limit", ("treasury",), at)
+
+    assert await store.add_policy_approval(approval("alice", "p1", T0)) is True
+    assert await store.add_policy_approval(approval("alice", "p2", T0 + 1)) is False
+    # Two instances racing for the same subject: exactly one row wins.
+    other = await target.store()
+    results = await asyncio.gather(
+        store.add_policy_approval(approval("bob", "p3", T0 + 2)),
+        other.add_policy_approval(approval("bob", "p4", T0 + 2)),
+    )
+    assert sorted(results) == [False, True]
+    rows = await other.list_policy_approvals(tx)
+    assert [(r.sub, r.roles, r.rule) for r in rows] == [
+        ("alice", ("treasury",), "wire-over-limit"),
+        ("bob", ("treasury",), "wire-over-limit"),
+    ]
+    assert rows[0].proof_id == "p1" and rows[0].at == T0
+    assert await store.list_policy_approvals("u" * 43) == []

@@ -51,9 +51,9 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         load_or_create_keyring(settings.master_key_file)
     except Exception as exc:
         fail(f"master_key_file ({settings.master_key_file}): {exc}")
-    _prepare_features(settings)
     if config_path is not None:
         os.environ["PROOF_MESSENGER_CONFIG"] = str(config_path.resolve())
+    _prepare_features(settings)  # after the line above: relative policy.file paths need it
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pm-metrics-")
     uvicorn.run(
