@@ -263,6 +263,8 @@ def test_get_policy_shows_version(relay: Relay) -> None:
     body = r.json()
     assert len(body["version"]) == 16
     assert body["rules"][0]["name"] == "wire-over-limit"
+    spec = relay.client.get("/openapi.json").json()
+    assert {"/policy", "/authorizations/{tx_key}"} <= set(spec["paths"])
 
 
 # --- reload ------------------------------------------------------------------------------------

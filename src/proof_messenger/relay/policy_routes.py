@@ -31,6 +31,7 @@ from .oidc import (
     roles_from_claims,
     scopes_from_claims,
 )
+from .openapi import register_paths
 from .policy_runtime import (
     PolicyConfig,
     PolicyEnforcer,
@@ -66,8 +67,56 @@ def prepare(settings: Settings) -> None:
     validate(settings)
 
 
+def _problem(description: str) -> dict[str, Any]:
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {"description": description, "content": {"application/problem+json": {"schema": ref}}}
+
+
+def _ok(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/policy": {
+        "get": {
+            "summary": "The policy in force: version, source, rules, reload failures",
+            "operationId": "getPolicy",
+            "tags": ["policy"],
+            "security": [{"apiKey": []}],
+            "responses": {"200": _ok("The active policy"), "401": _problem("Not authenticated")},
+        }
+    },
+    "/authorizations/{tx_key}": {
+        "get": {
+            "summary": "N-of-M approval state of a transaction (pending/complete, still needed)",
+            "operationId": "getAuthorization",
+            "tags": ["policy"],
+            "security": [{"apiKey": []}],
+            "parameters": [
+                {
+                    "name": "tx_key",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+                }
+            ],
+            "responses": {
+                "200": _ok("Approvals so far and what is still needed"),
+                "400": _problem("Malformed transaction key"),
+                "401": _problem("Not authenticated"),
+                "404": _problem("unknown_transaction: no approvals recorded"),
+            },
+        }
+    },
+}
+
+
 def install(state: RelayState) -> list[Route]:
     oidc, policy = validate(state.settings)
+    register_paths(OPENAPI_PATHS)
     closers = state.features.setdefault("closers", [])
     if oidc is not None:
         jwks = JwksCache(oidc)

@@ -216,11 +216,13 @@ class PolicyManager:
 
 @dataclass(frozen=True, slots=True)
 class PendingApproval:
-    """What check 9 hands to the post-commit step for a proof that counts as an approval."""
+    """What check 9 hands to the service for a proof that counts as an approval.
+
+    ``approval_row`` is written by ``Store.append`` in the audit row's transaction.
+    """
 
     decision: Decision
-    tx_key: str
-    roles: tuple[str, ...]
+    approval_row: PolicyApproval
 
 
 class PolicyEnforcer:
@@ -248,31 +250,33 @@ class PolicyEnforcer:
         if decision.outcome == "deny":
             raise PolicyDenied(decision.reason, rule=decision.rule)
         if decision.outcome == "approval":
-            roles = tuple(sorted(facts.roles or ()))
-            return PendingApproval(decision, tx_key_of(intent.ctx), roles)
+            row = PolicyApproval(
+                tx_key=tx_key_of(intent.ctx),
+                sub=intent.sub,
+                proof_id=verified.proof_id,
+                rule=decision.rule,
+                roles=tuple(sorted(facts.roles or ())),
+                at=facts.now,
+            )
+            return PendingApproval(decision, row)
         return None
 
     async def after_accept(
         self, verified: VerifiedProof, record: AuditRecord, pending: Any
     ) -> dict[str, Any]:
-        """Record the approval (once per subject, enforced by the database) and report."""
+        """The N-of-M state after the approval row committed with the audit row.
+
+        The row was inserted with ``ON CONFLICT (tx_key, sub) DO NOTHING``: the same
+        approver counts once, whichever relay instance saw which proof.
+        """
         if not isinstance(pending, PendingApproval):
             return {}
-        await self.store.add_policy_approval(
-            PolicyApproval(
-                tx_key=pending.tx_key,
-                sub=verified.intent.sub,
-                proof_id=verified.proof_id,
-                rule=pending.decision.rule,
-                roles=pending.roles,
-                at=record.draft.time,
-            )
-        )
-        approvals = await self.store.list_policy_approvals(pending.tx_key)
+        tx_key = pending.approval_row.tx_key
+        approvals = await self.store.list_policy_approvals(tx_key)
         assert pending.decision.approval is not None
         return {
             "authorization": authorization_body(
-                pending.tx_key, pending.decision.rule, pending.decision.approval, approvals
+                tx_key, pending.decision.rule, pending.decision.approval, approvals
             )
         }
 

@@ -226,7 +226,12 @@ class VerificationService:
             ctx=intent.ctx,
             proof_id=verified.proof_id,
         )
-        result = await self.store.append(draft, claim_digest=verified.digest, outbox=outbox)
+        # Policy engine (issue 6): an N-of-M approval row commits with the audit row.
+        approval_row = getattr(policy_result, "approval_row", None)
+        extra: dict[str, Any] = {"policy_approval": approval_row} if approval_row else {}
+        result = await self.store.append(
+            draft, claim_digest=verified.digest, outbox=outbox, **extra
+        )
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
@@ -237,7 +242,7 @@ class VerificationService:
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
             await self.on_accepted(verified, record, binding)
-        # --- policy engine (issue 6): record an N-of-M approval after the commit ----------
+        # --- policy engine (issue 6): report the N-of-M state after the commit ------------
         after_accept = getattr(self.policy, "after_accept", None)
         if policy_result is not None and after_accept is not None:
             payload.update(await after_accept(verified, record, policy_result))

@@ -205,11 +205,15 @@ class Store(Protocol):
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
         """Durably append one audit row (group-committed with concurrent callers).
 
         With ``claim_digest``, the digest is inserted into the replay table in the same
         transaction; if it is already there, nothing is written and ``replayed`` is True.
+        With ``policy_approval`` (issue 6), the N-of-M approval row is inserted in the same
+        transaction when the row is written (``ON CONFLICT (tx_key, sub) DO NOTHING``), so
+        an accepted approval proof and its counted approval commit together or not at all.
         Returns only after the transaction has committed.
         """
         ...

@@ -364,16 +364,7 @@ class PostgresStore:
 
     async def add_policy_approval(self, approval: PolicyApproval) -> bool:
         async with self._conn("add_policy_approval") as con:
-            status = await con.execute(
-                "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
-                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tx_key, sub) DO NOTHING",
-                approval.tx_key,
-                approval.sub,
-                approval.proof_id,
-                approval.rule,
-                list(approval.roles),
-                approval.at,
-            )
+            status = await con.execute(_INSERT_POLICY_APPROVAL, *_policy_approval_values(approval))
         return bool(status == "INSERT 0 1")
 
     async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
@@ -400,8 +391,9 @@ class PostgresStore:
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox)
+        return await self._committer.submit(draft, claim_digest, outbox, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         # Within the batch the first claimant of a digest wins; later ones are replays.
@@ -430,6 +422,7 @@ class PostgresStore:
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
             outbox_rows: list[tuple[str, str, bytes, float]] = []
+            approval_rows: list[tuple[Any, ...]] = []  # policy engine (issue 6)
             for item in batch:
                 digest = item.claim_digest
                 if digest is not None:
@@ -445,6 +438,8 @@ class PostgresStore:
                     (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
                     for ev in item.outbox
                 )
+                if item.policy_approval is not None:  # policy engine (issue 6)
+                    approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
                 columns = list(zip(*(audit_row_values(r) for r in records), strict=True))
                 await con.execute(_INSERT_AUDIT, *(list(c) for c in columns))
@@ -452,6 +447,8 @@ class PostgresStore:
                     await con.execute(
                         _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))
                     )
+                if approval_rows:  # policy engine (issue 6)
+                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
                 await con.execute(
                     "UPDATE chain_head SET seq = $1, entry_hash = $2 WHERE id = 1", seq, prev_hash
                 )
@@ -506,3 +503,17 @@ class PostgresStore:
     async def audit_count(self) -> int:
         """Rows in the chain, from the chain head (O(1); ``verify_chain`` checks it)."""
         return (await self.chain_head()).seq
+
+
+# --- policy engine (issue 6) -------------------------------------------------------------------
+_INSERT_POLICY_APPROVAL = (
+    "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tx_key, sub) DO NOTHING"
+)
+
+
+def _policy_approval_values(a: PolicyApproval) -> tuple[Any, ...]:
+    return (a.tx_key, a.sub, a.proof_id, a.rule, list(a.roles), a.at)
+
+
+# --- end policy engine -------------------------------------------------------------------------

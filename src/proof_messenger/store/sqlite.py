@@ -461,22 +461,10 @@ class SQLiteStore:
     # --- policy engine (issue 6) ----------------------------------------------------------------
 
     async def add_policy_approval(self, approval: PolicyApproval) -> bool:
-        values = (
-            approval.tx_key,
-            approval.sub,
-            approval.proof_id,
-            approval.rule,
-            json.dumps(list(approval.roles)),
-            approval.at,
-        )
+        values = _policy_approval_values(approval)
 
         def insert(con: sqlite3.Connection) -> bool:
-            cur = con.execute(
-                "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tx_key, sub) DO NOTHING",
-                values,
-            )
-            return cur.rowcount == 1
+            return con.execute(_INSERT_POLICY_APPROVAL, values).rowcount == 1
 
         return await self._write(insert)
 
@@ -509,8 +497,9 @@ class SQLiteStore:
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox)
+        return await self._committer.submit(draft, claim_digest, outbox, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         return await self._write(functools.partial(_commit_batch_sync, batch=batch))
@@ -588,6 +577,8 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
                 _INSERT_OUTBOX,
                 (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
             )
+        if item.policy_approval is not None:  # policy engine (issue 6)
+            con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
         results.append(AppendResult(record=record))
     con.execute("UPDATE chain_head SET seq = ?, entry_hash = ? WHERE id = 1", (seq, prev_hash))
@@ -596,3 +587,17 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
 
 def _fetch_chunk(con: sqlite3.Connection, sql: str, start: int) -> list[Any]:
     return con.execute(sql, (start, ITER_CHUNK)).fetchall()
+
+
+# --- policy engine (issue 6) -------------------------------------------------------------------
+_INSERT_POLICY_APPROVAL = (
+    "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tx_key, sub) DO NOTHING"
+)
+
+
+def _policy_approval_values(a: PolicyApproval) -> tuple[Any, ...]:
+    return (a.tx_key, a.sub, a.proof_id, a.rule, json.dumps(list(a.roles)), a.at)
+
+
+# --- end policy engine -------------------------------------------------------------------------
