@@ -305,3 +305,30 @@ def test_policy_file_change_is_enforced_and_invalid_file_is_refused(
         metrics = relay.client.get("/metrics").text
         assert "proof_messenger_policy_reload_failures_total 1.0" in metrics
         assert "policy.reload_refused" in relay.log_text()
+
+
+def test_without_oidc_roles_come_from_nowhere_and_sighup_reloads(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    policy_file = tmp_path / "p.yaml"
+    policy_file.write_text(yaml.safe_dump(policy_doc()))
+    config = {"policy": {"file": str(policy_file), "reload_interval_seconds": 0}}
+    with running_relay(tmp_path / "relay", config) as relay:
+        s = sub()
+        key = relay.register(s)
+        r = relay.verify(key, s, wire(10))
+        assert r.status_code == 403
+        assert r.json()["detail"].startswith("no verified roles")
+        r = relay.verify(key, s, wire(10, n=1), user_token="eyJx.eyJ.x")
+        assert (r.status_code, r.json()["code"]) == (400, "user_token_not_supported")
+
+        # Polling is off: only SIGHUP makes the relay re-read the file.
+        before = relay.client.get("/policy", headers=relay.headers()).json()["version"]
+        policy_file.write_text(yaml.safe_dump({"rules": [{"name": "open", "default": True}]}))
+        os.kill(relay.process.pid, signal.SIGHUP)
+        wait_until(
+            lambda: relay.client.get("/policy", headers=relay.headers()).json()["version"] != before
+        )
+        assert relay.verify(key, s, wire(10, n=2)).status_code == 200
+        assert relay.process.poll() is None  # SIGHUP reloaded; it did not stop the relay

@@ -41,6 +41,12 @@ HTTP_CODES = [
     "batch_too_large",
     "store_unavailable",
     "internal_error",
+    # identity + policy (issue 6)
+    "invalid_token",
+    "invalid_user_token",
+    "user_token_not_supported",
+    "idp_unavailable",
+    "unknown_transaction",
 ]
 
 
