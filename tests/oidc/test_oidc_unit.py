@@ -153,10 +153,20 @@ async def test_unreachable_idp_is_idp_unavailable() -> None:
         }
     )
     assert settings is not None
-    jwks = JwksCache(settings)
+    now = [0.0]
+    jwks = JwksCache(settings, clock=lambda: now[0])
     try:
         with pytest.raises(TokenError) as info:
             await jwks.key_for("k", "RS256")
         assert info.value.reason == "idp_unavailable"
+        # Right after a failure the relay answers at once instead of queueing fetches.
+        with pytest.raises(TokenError) as info:
+            await jwks.key_for("k", "RS256")
+        assert info.value.reason == "idp_unavailable"
+        assert (jwks.attempts, jwks.fetches) == (1, 0)
+        now[0] += 10  # after the back-off (jwks_min_refresh_seconds) it tries again
+        with pytest.raises(TokenError):
+            await jwks.key_for("k", "RS256")
+        assert jwks.attempts == 2
     finally:
         await jwks.close()

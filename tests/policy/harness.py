@@ -179,13 +179,15 @@ class Relay:
         return (self.workdir / "relay.log").read_text(errors="replace")
 
 
-def _env(workdir: Path, port: int) -> dict[str, str]:
+def _env(
+    workdir: Path, port: int, db_url: str | None = None, master_key: Path | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PYTHONPATH=str(SRC),
         BIND_ADDRESS=f"127.0.0.1:{port}",
-        AUDIT_DB_URL=f"sqlite:///{workdir / 'audit.db'}",
-        PROOF_MESSENGER_MASTER_KEY_FILE=str(workdir / "master.key"),
+        AUDIT_DB_URL=db_url or f"sqlite:///{workdir / 'audit.db'}",
+        PROOF_MESSENGER_MASTER_KEY_FILE=str(master_key or workdir / "master.key"),
         PROOF_MESSENGER_LOG_KEY_FILE=str(workdir / "log.key"),
         PROOF_MESSENGER_AUDIENCE=AUDIENCE,
     )
@@ -194,10 +196,12 @@ def _env(workdir: Path, port: int) -> dict[str, str]:
     return env
 
 
-def cli(workdir: Path, config: Path, *args: str, port: int = 1) -> subprocess.CompletedProcess[str]:
+def cli(
+    workdir: Path, config: Path, *args: str, port: int = 1, **env: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "proof_messenger.cli", *args, "--config", str(config)],
-        env=_env(workdir, port),
+        env=_env(workdir, port, **env),
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -206,20 +210,38 @@ def cli(workdir: Path, config: Path, *args: str, port: int = 1) -> subprocess.Co
 
 
 @contextmanager
-def running_relay(workdir: Path, config: dict[str, Any]) -> Iterator[Relay]:
+def running_relay(
+    workdir: Path,
+    config: dict[str, Any],
+    *,
+    db_url: str | None = None,
+    master_key: Path | None = None,
+    api_key: str | None = None,
+) -> Iterator[Relay]:
+    """A relay subprocess; share ``db_url``/``master_key``/``api_key`` for a second instance."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "relay.yaml"
     cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
     port = free_port()
-    created = cli(
-        workdir, cfg, "apikey", "create", "--name", "t", "--scopes", "verify,keys:write,audit:read"
-    )
-    assert created.returncode == 0, created.stderr
-    api_key = created.stdout.strip().splitlines()[-1].strip()
+    env = {"db_url": db_url, "master_key": master_key}
+    if api_key is None:
+        created = cli(
+            workdir,
+            cfg,
+            "apikey",
+            "create",
+            "--name",
+            "t",
+            "--scopes",
+            "verify,keys:write,audit:read",
+            **env,
+        )
+        assert created.returncode == 0, created.stderr
+        api_key = created.stdout.strip().splitlines()[-1].strip()
     log = (workdir / "relay.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "proof_messenger.cli", "serve", "--config", str(cfg)],
-        env=_env(workdir, port),
+        env=_env(workdir, port, **env),
         cwd=workdir,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -265,3 +287,31 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> 
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(interval)
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for this test, dropped afterwards."""
+    import asyncio
+
+    import asyncpg
+    import pytest
+
+    admin_dsn = os.environ.get("PM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"pm_test_{uuid.uuid4().hex[:16]}"
+
+    async def admin(sql: str) -> None:
+        con = await asyncpg.connect(admin_dsn, timeout=5)
+        try:
+            await con.execute(sql)
+        finally:
+            await con.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL not reachable at {admin_dsn}: {exc}")
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

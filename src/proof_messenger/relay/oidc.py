@@ -228,9 +228,11 @@ class JwksCache:
         self._keys: dict[str | None, dict[str, Any]] = {}
         self._parsed: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._failed_at: float | None = None  # last failed fetch while no keys were cached
         self._jwks_uri = settings.jwks_uri
         self._lock = asyncio.Lock()
-        self.fetches = 0
+        self.fetches = 0  # successful fetches
+        self.attempts = 0  # fetches tried
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -287,11 +289,19 @@ class JwksCache:
             now = self._clock()
             if self._fetched_at is not None and now - self._fetched_at < min_age:
                 return  # another request refreshed while we waited for the lock
+            backoff = max(self.settings.jwks_min_refresh_seconds, 1.0)
+            if self._failed_at is not None and now - self._failed_at < backoff:
+                # The IdP was unreachable a moment ago: do not queue a fetch per request.
+                raise IdpUnavailable(
+                    "idp_unavailable", "the identity provider's keys cannot be fetched"
+                )
+            self.attempts += 1
             try:
                 keys = await self._fetch()
             except (httpx.HTTPError, ValueError) as exc:
                 log.error("oidc.jwks_fetch_failed", error=str(exc)[:300])
                 if not self._keys:
+                    self._failed_at = now
                     raise IdpUnavailable(
                         "idp_unavailable", "the identity provider's keys cannot be fetched"
                     ) from exc
@@ -300,6 +310,7 @@ class JwksCache:
             self._keys = keys
             self._parsed.clear()
             self._fetched_at = now
+            self._failed_at = None
             self.fetches += 1
             log.info("oidc.jwks_fetched", keys=len(keys))
 

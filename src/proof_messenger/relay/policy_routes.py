@@ -10,6 +10,7 @@ validation in ``serve`` before workers fork.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -137,8 +138,6 @@ def install(state: RelayState) -> list[Route]:
                 manager.remove_sighup()
 
             closers.append(remove_handler)
-        import asyncio
-
         state.background.append(
             asyncio.get_running_loop().create_task(manager.watch(), name="policy-watch")
         )
