@@ -181,6 +181,77 @@ def test_user_verification_threshold(relay: Relay) -> None:
     assert "user verification required" in r.json()["detail"]
 
 
+def _passkey_proof(relay: Relay, sub: str, ctx: dict[str, Any], uv: bool) -> str:
+    """A webauthn.ES256 proof from a software authenticator whose credential is stored
+    in the relay's database through the Store API (the relay has no passkey
+    registration route on this branch)."""
+    import asyncio
+    import hashlib
+    import json
+    import os
+    import time
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from proof_messenger.protocol import Intent, Proof, generate_private_key, public_key_der
+    from proof_messenger.protocol.encoding import b64u_encode
+    from proof_messenger.store import KeyRecord, open_store
+
+    key = generate_private_key()
+    cred_id = os.urandom(16)
+
+    async def store_credential() -> None:
+        store = open_store(f"sqlite:///{relay.workdir / 'audit.db'}")
+        await store.open()
+        try:
+            await store.insert_key(
+                KeyRecord(
+                    kid=b64u_encode(cred_id),
+                    sub=sub,
+                    alg="webauthn.ES256",
+                    public_key=public_key_der(key),
+                    created_at=time.time(),
+                )
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(store_credential())
+    intent = Intent.create(ctx, aud="payments.example.com", sub=sub, ttl=300)
+    challenge = b64u_encode(intent.digest())
+    client_data = json.dumps(
+        {"type": "webauthn.get", "challenge": challenge, "origin": "https://payments.example.com"}
+    ).encode()
+    flags = 0x01 | (0x04 if uv else 0)
+    auth_data = hashlib.sha256(b"payments.example.com").digest() + bytes([flags]) + b"\0\0\0\1"
+    sig = key.sign(auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256()))
+    proof = Proof(
+        alg="webauthn.ES256",
+        kid=b64u_encode(cred_id),
+        intent=intent.to_bytes(),
+        sig=sig,
+        authenticator_data=auth_data,
+        client_data_json=client_data,
+    )
+    return proof.to_json()
+
+
+@pytest.mark.parametrize("uv", [True, False])
+def test_passkey_user_verification_above_threshold(relay: Relay, uv: bool) -> None:
+    s = sub()
+    ctx = {"type": "card_payment", "amount_minor": 900 * M, "currency": "EUR"}
+    body = _passkey_proof(relay, s, ctx, uv)
+    r = relay.client.post("/verify", headers=relay.headers(), content=body)
+    if uv:
+        assert r.status_code == 200, r.text
+        assert r.json()["user_verified"] is True
+    else:
+        assert r.status_code == 403, r.text
+        assert r.json()["rule"] == "card-uv"
+        assert "did not set the UV flag" in r.json()["detail"]
+
+
 def test_max_proof_age(relay: Relay) -> None:
     s = sub()
     key = relay.register(s)
