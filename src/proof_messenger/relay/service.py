@@ -32,11 +32,21 @@ from ..protocol import (
     VerifierSettings,
 )
 from ..protocol.errors import Replayed, SubjectMismatch, WebAuthnSignCount
+from ..protocol.intent import Intent
 from ..protocol.intent import digest as intent_digest
 from ..protocol.intent import proof_id as make_proof_id
 from ..protocol.keys import KeyFormatError, load_public_key_der
-from ..store.base import AuditDraft, AuditRecord, KeyRecord, OutboxEvent, Store
+from ..store.base import (
+    AppendResult,
+    AuditDraft,
+    AuditRecord,
+    KeyRecord,
+    OutboxEvent,
+    PolicyApproval,
+    Store,
+)
 from .config import Settings
+from .metrics import metrics
 
 __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id"]
 
@@ -158,12 +168,14 @@ class VerificationService:
         require_user_verification: bool = False,
     ) -> Outcome:
         proof: Proof | None = None
+        intent: Intent | None = None
         parsed: ParsedProof | None = None
         verified: VerifiedProof | None = None
         now = self.clock()
         try:
             proof = body if isinstance(body, Proof) else self.verifier.parse(body, cbor=cbor)
-            parsed = self.verifier.check_intent(proof, now=now)
+            intent = self.verifier.decode_intent(proof)
+            parsed = self.verifier.check_claims(proof, intent, now=now)
             key = await self._resolve(proof.kid)
             self.verifier.check_key(parsed, key)
             assert key is not None
@@ -183,7 +195,7 @@ class VerificationService:
             if self.policy is not None:
                 policy_result = await self.policy.check(verified, identity)
         except ProofError as exc:
-            return await self._reject(exc, proof, parsed, verified, client, now)
+            return await self._reject(exc, proof, intent, parsed, client, now)
         return await self._accept(verified, binding, client, now, policy_result)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
@@ -203,6 +215,25 @@ class VerificationService:
         return resolved_key(record)
 
     # --- outcomes ------------------------------------------------------------------------------
+    async def _append(
+        self,
+        draft: AuditDraft,
+        *,
+        claim_digest: bytes | None = None,
+        outbox: list[OutboxEvent] | None = None,
+        policy_approval: PolicyApproval | None = None,
+    ) -> AppendResult:
+        """Append one audit row, timing it for the audit write latency histogram."""
+        started = time.perf_counter()
+        # Policy engine (issue 6): pass the approval row only when there is one.
+        extra: dict[str, Any] = {"policy_approval": policy_approval} if policy_approval else {}
+        try:
+            return await self.store.append(
+                draft, claim_digest=claim_digest, outbox=outbox or (), **extra
+            )
+        finally:
+            metrics().audit_write_latency.observe(time.perf_counter() - started)
+
     async def _accept(
         self,
         verified: VerifiedProof,
@@ -227,17 +258,17 @@ class VerificationService:
             proof_id=verified.proof_id,
         )
         # Policy engine (issue 6): an N-of-M approval row commits with the audit row.
-        approval_row = getattr(policy_result, "approval_row", None)
-        extra: dict[str, Any] = {"policy_approval": approval_row} if approval_row else {}
-        result = await self.store.append(
-            draft, claim_digest=verified.digest, outbox=outbox, **extra
+        result = await self._append(
+            draft,
+            claim_digest=verified.digest,
+            outbox=outbox,
+            policy_approval=getattr(policy_result, "approval_row", None),
         )
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
-            return await self._reject(
-                exc, verified.parsed.proof, verified.parsed, verified, client, now
-            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         record = result.record
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
@@ -278,8 +309,8 @@ class VerificationService:
         self,
         exc: ProofError,
         proof: Proof | None,
+        intent: Intent | None,
         parsed: ParsedProof | None,
-        verified: VerifiedProof | None,
         client: ClientInfo,
         now: float,
     ) -> Outcome:
@@ -288,7 +319,6 @@ class VerificationService:
             pid = parsed.proof_id
         elif proof is not None:
             pid = make_proof_id(intent_digest(proof.intent))
-        intent = parsed.intent if parsed is not None else None
         event_id = new_event_id()
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool)}
         body_extra = {"proof_id": pid, "audit_event_id": event_id, **extra}
@@ -320,7 +350,7 @@ class VerificationService:
             error_code=exc.code,
             detail=exc.detail,
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         log.info(
             "proof.rejected",
             code=exc.code,
@@ -410,7 +440,7 @@ class VerificationService:
             if self.outbox_for and outbox_payload is not None
             else []
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         assert result.record is not None
         return result.record
 

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from proof_messenger.audit.merkle import CompactTree
+
 __all__ = [
     "ApiKeyRecord",
     "AppendResult",
@@ -25,8 +27,11 @@ __all__ = [
     "AuditPage",
     "AuditRecord",
     "ChainHead",
+    "CheckpointRecord",
     "DuplicateKey",
     "KeyRecord",
+    "LogEntry",
+    "LogKeyRecord",
     "OutboxEvent",
     "PolicyApproval",
     "Store",
@@ -165,6 +170,42 @@ class PolicyApproval:
 # --- end policy engine --------------------------------------------------------------------------
 
 
+# --- Merkle log (issue 9) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A signed tree head as stored: the C2SP note text and what it commits to."""
+
+    size: int
+    root: bytes
+    note: str
+    created_at: float
+    key_id: str  # LogKeyRecord.key_id of the signing key
+
+
+@dataclass(frozen=True, slots=True)
+class LogKeyRecord:
+    """One log signing key in the key history (raw Ed25519 public key)."""
+
+    key_id: str  # hex SHA-256 of the raw public key, first 16 bytes
+    public_key: bytes
+    created_at: float
+    rotated_from: str | None = None  # None only for the first key
+    rotation_note: str | None = None  # signed note: old key vouches for the new one
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """An audit row as a Merkle leaf: the row and the leaf hash stored with it."""
+
+    record: AuditRecord
+    leaf_hash: bytes | None
+
+
+# --- end Merkle log ---------------------------------------------------------------------------
+
+
 @runtime_checkable
 class Store(Protocol):
     """What the relay needs from a database. All methods are safe across instances."""
@@ -241,3 +282,32 @@ class Store(Protocol):
         ...
 
     # --- end policy engine -----------------------------------------------------------------------
+
+    # --- Merkle log (issue 9) --------------------------------------------------------------------
+    async def merkle_tree(self) -> CompactTree:
+        """The committed frontier (same transaction as the chain head: sizes always agree)."""
+        ...
+
+    async def perfect_roots(self, nodes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored hashes of complete perfect subtrees ``(level, idx)``; level 0 = leaf hash."""
+        ...
+
+    async def log_entries(self, start: int, end: int) -> list[LogEntry]:
+        """Leaves ``[start, end)`` (leaf index = seq - 1) in order, at most 1000."""
+        ...
+
+    async def save_checkpoint(self, checkpoint: CheckpointRecord) -> CheckpointRecord:
+        """Store a checkpoint unless one of that size exists; return the stored one."""
+        ...
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None: ...
+    async def get_checkpoint(self, size: int) -> CheckpointRecord | None: ...
+    async def log_key_history(self) -> list[LogKeyRecord]:
+        """Every log key, oldest first."""
+        ...
+
+    async def add_log_key(self, record: LogKeyRecord) -> bool:
+        """Record a key; False if that key id is already recorded."""
+        ...
+
+    # --- end Merkle log --------------------------------------------------------------------------

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from proof_messenger.audit.chain import seal, time_to_micros
+from proof_messenger.audit.merkle import CompactTree
 
+from . import _merkle
 from ._common import (
     AUDIT_COLUMNS,
     AUDIT_SELECT,
@@ -49,8 +51,11 @@ from .base import (
     AuditPage,
     AuditRecord,
     ChainHead,
+    CheckpointRecord,
     DuplicateKey,
     KeyRecord,
+    LogEntry,
+    LogKeyRecord,
     OutboxEvent,
     PolicyApproval,
     StoreError,
@@ -75,10 +80,10 @@ _SELECT_API_KEY = "SELECT id, name, secret_hash, scopes, created_at, revoked_at 
 _INSERT_AUDIT = (
     "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
     "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
-    "context_key_id, context_ct, prev_hash, entry_hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "context_key_id, context_ct, prev_hash, entry_hash, leaf_hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-assert _INSERT_AUDIT.count("?") == len(AUDIT_COLUMNS)
+assert _INSERT_AUDIT.count("?") == len(AUDIT_COLUMNS) + 1  # + leaf_hash
 _INSERT_KEY = (
     "INSERT INTO keys (kid, sub, alg, public_key, label, status, created_at, revoked_at, "
     "revoke_reason, sign_count, transports, attestation_format) "
@@ -120,6 +125,31 @@ def _api_key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
         created_at=row[4],
         revoked_at=row[5],
     )
+
+
+# --- Merkle log (issue 9) ----------------------------------------------------------------------
+_merkle_max_entries = 1000
+_SELECT_CHECKPOINT = "SELECT size, root, note, created_at, key_id FROM checkpoints"
+_SELECT_LOG_KEY = "SELECT key_id, public_key, created_at, rotated_from, rotation_note FROM log_keys"
+
+
+def _checkpoint_from_row(row: Sequence[Any]) -> CheckpointRecord:
+    return CheckpointRecord(
+        size=int(row[0]), root=bytes(row[1]), note=row[2], created_at=row[3], key_id=row[4]
+    )
+
+
+def _log_key_from_row(row: Sequence[Any]) -> LogKeyRecord:
+    return LogKeyRecord(
+        key_id=row[0],
+        public_key=bytes(row[1]),
+        created_at=row[2],
+        rotated_from=row[3],
+        rotation_note=row[4],
+    )
+
+
+# --- end Merkle log ---------------------------------------------------------------------------
 
 
 def _split_statements(script: str) -> list[str]:
@@ -318,6 +348,8 @@ class SQLiteStore:
                     continue
                 for statement in _split_statements(migration.sql):
                     con.execute(statement)
+                if migration.name == "0002_merkle":
+                    _rebuild_merkle_sync(con)
                 con.execute(
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
                     (migration.name, now),
@@ -551,13 +583,111 @@ class SQLiteStore:
         """Rows in the chain, from the chain head (O(1); ``verify_chain`` checks it)."""
         return (await self.chain_head()).seq
 
+    # --- Merkle log (issue 9) ------------------------------------------------------------------
+
+    async def merkle_tree(self) -> CompactTree:
+        row = await self._read(
+            lambda con: con.execute(
+                "SELECT merkle_frontier FROM chain_head WHERE id = 1"
+            ).fetchone()
+        )
+        if row is None:
+            raise StoreUnavailable("chain head missing: database not migrated")
+        return CompactTree.from_bytes(bytes(row[0]))
+
+    async def perfect_roots(self, nodes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        wanted = list(dict.fromkeys(nodes))
+
+        def query(con: sqlite3.Connection) -> dict[tuple[int, int], bytes]:
+            found: dict[tuple[int, int], bytes] = {}
+            for level, idx in wanted:
+                if level == 0:
+                    row = con.execute(
+                        "SELECT leaf_hash FROM audit WHERE seq = ?", (idx + 1,)
+                    ).fetchone()
+                else:
+                    row = con.execute(
+                        "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, idx)
+                    ).fetchone()
+                if row is not None and row[0] is not None:
+                    found[(level, idx)] = bytes(row[0])
+            return found
+
+        return await self._read(query)
+
+    async def log_entries(self, start: int, end: int) -> list[LogEntry]:
+        if start < 0 or end < start or end - start > _merkle_max_entries:
+            raise ValueError(f"need 0 <= start <= end <= start + {_merkle_max_entries}")
+        sql = AUDIT_SELECT.replace(" FROM audit", ", leaf_hash FROM audit")
+        rows = await self._read(
+            lambda con: con.execute(
+                sql + " WHERE seq > ? AND seq <= ? ORDER BY seq", (start, end)
+            ).fetchall()
+        )
+        return [
+            LogEntry(audit_record_from_row(r[:-1]), None if r[-1] is None else bytes(r[-1]))
+            for r in rows
+        ]
+
+    async def save_checkpoint(self, checkpoint: CheckpointRecord) -> CheckpointRecord:
+        c = checkpoint
+
+        def save(con: sqlite3.Connection) -> Any:
+            con.execute(
+                "INSERT INTO checkpoints (size, root, note, created_at, key_id) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (size) DO NOTHING",
+                (c.size, c.root, c.note, c.created_at, c.key_id),
+            )
+            return con.execute(_SELECT_CHECKPOINT + " WHERE size = ?", (c.size,)).fetchone()
+
+        return _checkpoint_from_row(await self._write(save))
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        row = await self._read(
+            lambda con: con.execute(_SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1").fetchone()
+        )
+        return None if row is None else _checkpoint_from_row(row)
+
+    async def get_checkpoint(self, size: int) -> CheckpointRecord | None:
+        row = await self._read(
+            lambda con: con.execute(_SELECT_CHECKPOINT + " WHERE size = ?", (size,)).fetchone()
+        )
+        return None if row is None else _checkpoint_from_row(row)
+
+    async def log_key_history(self) -> list[LogKeyRecord]:
+        rows = await self._read(
+            lambda con: con.execute(_SELECT_LOG_KEY + " ORDER BY created_at, key_id").fetchall()
+        )
+        return [_log_key_from_row(r) for r in rows]
+
+    async def add_log_key(self, record: LogKeyRecord) -> bool:
+        r = record
+
+        def add(con: sqlite3.Connection) -> bool:
+            cur = con.execute(
+                "INSERT INTO log_keys (key_id, public_key, created_at, rotated_from, "
+                "rotation_note) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+                (r.key_id, r.public_key, r.created_at, r.rotated_from, r.rotation_note),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(add)
+
+    # --- end Merkle log ------------------------------------------------------------------------
+
 
 def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> list[AppendResult]:
     """One group-commit batch inside the caller's BEGIN IMMEDIATE transaction."""
-    head = con.execute("SELECT seq, entry_hash FROM chain_head WHERE id = 1").fetchone()
+    head = con.execute(
+        "SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1"
+    ).fetchone()
     if head is None:
         raise StoreUnavailable("chain head missing: database not migrated")
     seq, prev_hash = int(head[0]), bytes(head[1])
+    tree = CompactTree.from_bytes(bytes(head[2]))
+    if tree.size != seq:
+        raise StoreError(f"Merkle frontier has {tree.size} leaves but the chain has {seq} rows")
+    leaves: list[bytes] = []
     results: list[AppendResult] = []
     for item in batch:
         draft = item.draft
@@ -571,7 +701,9 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
                 results.append(AppendResult(record=None, replayed=True))
                 continue
         record = seal(seq + 1, prev_hash, draft)
-        con.execute(_INSERT_AUDIT, audit_row_values(record))
+        leaf = _merkle.record_leaf_hash(record)
+        leaves.append(leaf)
+        con.execute(_INSERT_AUDIT, (*audit_row_values(record), leaf))
         for event in item.outbox:
             con.execute(
                 _INSERT_OUTBOX,
@@ -581,8 +713,36 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
             con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
         results.append(AppendResult(record=record))
-    con.execute("UPDATE chain_head SET seq = ?, entry_hash = ? WHERE id = 1", (seq, prev_hash))
+    tree, nodes = _merkle.extend_tree(tree, leaves)
+    if nodes:
+        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+    con.execute(
+        "UPDATE chain_head SET seq = ?, entry_hash = ?, merkle_frontier = ? WHERE id = 1",
+        (seq, prev_hash, tree.to_bytes()),
+    )
     return results
+
+
+def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
+    """Recompute leaf hashes, nodes and frontier from the rows in seq order (backfill)."""
+    con.execute("DELETE FROM merkle_nodes")
+    tree = CompactTree()
+    last = 0
+    while True:
+        rows = con.execute(AUDIT_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (last, ITER_CHUNK))
+        chunk = [audit_record_from_row(r) for r in rows.fetchall()]
+        if not chunk:
+            break
+        leaves = [_merkle.record_leaf_hash(r) for r in chunk]
+        con.executemany(
+            "UPDATE audit SET leaf_hash = ? WHERE seq = ?",
+            [(leaf, r.seq) for leaf, r in zip(leaves, chunk, strict=True)],
+        )
+        tree, nodes = _merkle.extend_tree(tree, leaves)
+        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        last = chunk[-1].seq
+    con.execute("UPDATE chain_head SET merkle_frontier = ? WHERE id = 1", (tree.to_bytes(),))
+    return tree.size
 
 
 def _fetch_chunk(con: sqlite3.Connection, sql: str, start: int) -> list[Any]:
