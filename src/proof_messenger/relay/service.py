@@ -49,6 +49,7 @@ from ..store.base import (
     AuditRecord,
     KeyRecord,
     OutboxEvent,
+    PolicyApproval,
     Store,
 )
 from .config import Settings
@@ -114,7 +115,9 @@ class ApprovalHook(Protocol):
 class PolicyHook(Protocol):
     """Check 9: business policy; raises PolicyDenied naming the rule."""
 
-    async def check(self, verified: VerifiedProof, identity: Identity | None) -> None: ...
+    async def check(self, verified: VerifiedProof, identity: Identity | None) -> Any:
+        """Raise PolicyDenied, or return None / a value for ``after_accept`` (N-of-M)."""
+        ...
 
 
 AcceptedCallback = Callable[[VerifiedProof, AuditRecord, Any], Awaitable[None]]
@@ -215,11 +218,12 @@ class VerificationService:
             if await self.store.is_claimed(parsed.digest):
                 raise Replayed("this proof was already accepted")
             binding = await self.approvals.check(verified) if self.approvals else None
+            policy_result = None
             if self.policy is not None:
-                await self.policy.check(verified, identity)
+                policy_result = await self.policy.check(verified, identity)
         except ProofError as exc:
             return await self._reject(exc, proof, intent, parsed, client, now)
-        return await self._accept(verified, binding, client, now)
+        return await self._accept(verified, binding, client, now, policy_result)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
         """Audit and answer input that never became a proof envelope."""
@@ -245,18 +249,28 @@ class VerificationService:
         claim_digest: bytes | None = None,
         outbox: list[OutboxEvent] | None = None,
         approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,
     ) -> AppendResult:
         """Append one audit row, timing it for the audit write latency histogram."""
         started = time.perf_counter()
         try:
             return await self.store.append(
-                draft, claim_digest=claim_digest, outbox=outbox or (), approval=approval
+                draft,
+                claim_digest=claim_digest,
+                outbox=outbox or (),
+                approval=approval,
+                policy_approval=policy_approval,
             )
         finally:
             metrics().audit_write_latency.observe(time.perf_counter() - started)
 
     async def _accept(
-        self, verified: VerifiedProof, binding: Any, client: ClientInfo, now: float
+        self,
+        verified: VerifiedProof,
+        binding: Any,
+        client: ClientInfo,
+        now: float,
+        policy_result: Any = None,
     ) -> Outcome:
         intent = verified.intent
         event_id = new_event_id()
@@ -283,8 +297,14 @@ class VerificationService:
             proof_id=verified.proof_id,
             detail=f"approval {transition.approval_id}" if transition is not None else None,
         )
+        # The approval request's CAS (check 8) and an N-of-M approval row (check 9)
+        # both commit in the same transaction as the audit row, or neither does.
         result = await self._append(
-            draft, claim_digest=verified.digest, outbox=outbox, approval=transition
+            draft,
+            claim_digest=verified.digest,
+            outbox=outbox,
+            approval=transition,
+            policy_approval=getattr(policy_result, "approval_row", None),
         )
         if result.transition_failed:
             # Decided or expired between check 8 and the commit (another request won).
@@ -302,6 +322,11 @@ class VerificationService:
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
             await self.on_accepted(verified, record, binding)
+        # --- policy engine (issue 6): report the N-of-M state after the commit ------------
+        after_accept = getattr(self.policy, "after_accept", None)
+        if policy_result is not None and after_accept is not None:
+            payload.update(await after_accept(verified, record, policy_result))
+        # --- end policy engine ---------------------------------------------------------------
         log.info(
             "proof.verified",
             proof_id=verified.proof_id,

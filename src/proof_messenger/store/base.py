@@ -35,6 +35,7 @@ __all__ = [
     "LogEntry",
     "LogKeyRecord",
     "OutboxEvent",
+    "PolicyApproval",
     "RegistrationChallenge",
     "Store",
     "StoreError",
@@ -222,6 +223,22 @@ class AuditPage:
     next_cursor: str | None = None
 
 
+# --- policy engine (issue 6) -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PolicyApproval:
+    """One subject's approval of a transaction that needs N-of-M approvals."""
+
+    tx_key: str
+    sub: str
+    proof_id: str
+    rule: str
+    roles: tuple[str, ...]
+    at: float
+
+
+# --- end policy engine --------------------------------------------------------------------------
+
+
 # --- Merkle log (issue 9) --------------------------------------------------------------------
 
 
@@ -299,6 +316,7 @@ class Store(Protocol):
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
         """Durably append one audit row (group-committed with concurrent callers).
 
@@ -306,6 +324,10 @@ class Store(Protocol):
         transaction; if it is already there, nothing is written and ``replayed`` is True.
         With ``approval``, the transition's compare-and-set runs in the same transaction;
         if it fails, nothing is written and ``transition_failed`` is True.
+
+        With ``policy_approval`` (issue 6), the N-of-M approval row is inserted in the same
+        transaction when the row is written (``ON CONFLICT (tx_key, sub) DO NOTHING``), so
+        an accepted approval proof and its counted approval commit together or not at all.
         Returns only after the transaction has committed.
         """
         ...
@@ -341,6 +363,17 @@ class Store(Protocol):
     ) -> RegistrationChallenge | None:
         """Mark the ceremony used (compare-and-set); None if unknown, used or expired."""
         ...
+
+    # --- policy engine (issue 6) -----------------------------------------------------------------
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        """Record an approval; False (and nothing written) if this subject already approved."""
+        ...
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        """The approvals of one transaction, oldest first (read from the primary)."""
+        ...
+
+    # --- end policy engine -----------------------------------------------------------------------
 
     # --- Merkle log (issue 9) --------------------------------------------------------------------
     async def merkle_tree(self) -> CompactTree:

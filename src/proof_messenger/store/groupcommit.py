@@ -20,6 +20,7 @@ from .base import (
     ApprovalTransition,
     AuditDraft,
     OutboxEvent,
+    PolicyApproval,
     StoreError,
     StoreUnavailable,
 )
@@ -50,6 +51,8 @@ class PendingAppend:
     future: asyncio.Future[AppendResult] = field(repr=False)
     # Issue 5: an approval compare-and-set run in the batch's transaction with this row.
     approval: ApprovalTransition | None = None
+    #: Policy engine (issue 6): an N-of-M approval row written with the audit row.
+    policy_approval: PolicyApproval | None = None
 
 
 CommitFn = Callable[[list[PendingAppend]], Awaitable[list[AppendResult]]]
@@ -102,12 +105,15 @@ class GroupCommitter:
         claim_digest: bytes | None,
         outbox: Sequence[OutboxEvent],
         approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,
     ) -> AppendResult:
         if self._closed or self._queue is None or self._task is None:
             raise StoreUnavailable("store is not open")
         check_draft(draft)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(PendingAppend(draft, claim_digest, tuple(outbox), future, approval))
+        self._queue.put_nowait(
+            PendingAppend(draft, claim_digest, tuple(outbox), future, approval, policy_approval)
+        )
         return await future
 
     async def _run(self) -> None:

@@ -57,6 +57,7 @@ from .base import (
     LogEntry,
     LogKeyRecord,
     OutboxEvent,
+    PolicyApproval,
     RegistrationChallenge,
     StoreError,
     StoreUnavailable,
@@ -393,6 +394,25 @@ class PostgresStore:
             )
         return bool(status == "UPDATE 1")
 
+    # --- policy engine (issue 6) ----------------------------------------------------------------
+
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        async with self._conn("add_policy_approval") as con:
+            status = await con.execute(_INSERT_POLICY_APPROVAL, *_policy_approval_values(approval))
+        return bool(status == "INSERT 0 1")
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        # From the primary: a replica may lag behind the approval just written.
+        async with self._conn("list_policy_approvals") as con:
+            rows = await con.fetch(
+                "SELECT tx_key, sub, proof_id, rule, roles, at FROM policy_approvals "
+                "WHERE tx_key = $1 ORDER BY at, sub",
+                tx_key,
+            )
+        return [PolicyApproval(r[0], r[1], r[2], r[3], tuple(r[4]), float(r[5])) for r in rows]
+
+    # --- end policy engine ---------------------------------------------------------------------
+
     # --- replay + audit ------------------------------------------------------------------------
 
     async def is_claimed(self, digest: bytes) -> bool:
@@ -406,8 +426,9 @@ class PostgresStore:
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox, approval)
+        return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         # Within the batch the first claimant of a digest wins; later ones are replays.
@@ -441,6 +462,7 @@ class PostgresStore:
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
             outbox_rows: list[tuple[str, str, bytes, float]] = []
+            approval_rows: list[tuple[Any, ...]] = []  # policy engine (issue 6)
             for item in batch:
                 digest = item.claim_digest
                 if digest is not None:
@@ -466,6 +488,8 @@ class PostgresStore:
                     (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
                     for ev in item.outbox
                 )
+                if item.policy_approval is not None:  # policy engine (issue 6)
+                    approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
                 leaves = [_merkle.record_leaf_hash(r) for r in records]
                 columns = list(
@@ -485,6 +509,8 @@ class PostgresStore:
                     await con.execute(
                         _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))
                     )
+                if approval_rows:  # policy engine (issue 6)
+                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
                 await con.execute(
                     "UPDATE chain_head SET seq = $1, entry_hash = $2, merkle_frontier = $3 "
                     "WHERE id = 1",
@@ -756,3 +782,16 @@ async def _rebuild_merkle(con: Any) -> int:
 
 
 # --- end Merkle log ---------------------------------------------------------------------------
+
+# --- policy engine (issue 6) -------------------------------------------------------------------
+_INSERT_POLICY_APPROVAL = (
+    "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tx_key, sub) DO NOTHING"
+)
+
+
+def _policy_approval_values(a: PolicyApproval) -> tuple[Any, ...]:
+    return (a.tx_key, a.sub, a.proof_id, a.rule, list(a.roles), a.at)
+
+
+# --- end policy engine -------------------------------------------------------------------------

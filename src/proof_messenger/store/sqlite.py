@@ -67,6 +67,7 @@ from .base import (
     LogEntry,
     LogKeyRecord,
     OutboxEvent,
+    PolicyApproval,
     RegistrationChallenge,
     StoreError,
     StoreUnavailable,
@@ -507,6 +508,31 @@ class SQLiteStore:
 
         return await self._write(revoke)
 
+    # --- policy engine (issue 6) ----------------------------------------------------------------
+
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        values = _policy_approval_values(approval)
+
+        def insert(con: sqlite3.Connection) -> bool:
+            return con.execute(_INSERT_POLICY_APPROVAL, values).rowcount == 1
+
+        return await self._write(insert)
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        rows = await self._read(
+            lambda con: con.execute(
+                "SELECT tx_key, sub, proof_id, rule, roles, at FROM policy_approvals "
+                "WHERE tx_key = ? ORDER BY at, sub",
+                (tx_key,),
+            ).fetchall()
+        )
+        return [
+            PolicyApproval(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]))
+            for r in rows
+        ]
+
+    # --- end policy engine ---------------------------------------------------------------------
+
     # --- replay + audit ------------------------------------------------------------------------
 
     async def is_claimed(self, digest: bytes) -> bool:
@@ -522,8 +548,9 @@ class SQLiteStore:
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox, approval)
+        return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         return await self._write(functools.partial(_commit_batch_sync, batch=batch))
@@ -784,6 +811,8 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
                 _INSERT_OUTBOX,
                 (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
             )
+        if item.policy_approval is not None:  # policy engine (issue 6)
+            con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
         results.append(AppendResult(record=record))
     tree, nodes = _merkle.extend_tree(tree, leaves)
@@ -820,3 +849,17 @@ def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
 
 def _fetch_chunk(con: sqlite3.Connection, sql: str, start: int) -> list[Any]:
     return con.execute(sql, (start, ITER_CHUNK)).fetchall()
+
+
+# --- policy engine (issue 6) -------------------------------------------------------------------
+_INSERT_POLICY_APPROVAL = (
+    "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tx_key, sub) DO NOTHING"
+)
+
+
+def _policy_approval_values(a: PolicyApproval) -> tuple[Any, ...]:
+    return (a.tx_key, a.sub, a.proof_id, a.rule, json.dumps(list(a.roles)), a.at)
+
+
+# --- end policy engine -------------------------------------------------------------------------
