@@ -233,7 +233,7 @@ def running_relay(
             "--name",
             "t",
             "--scopes",
-            "verify,keys:write,audit:read",
+            "verify,keys:write,audit:read,approvals",
             **env,
         )
         assert created.returncode == 0, created.stderr

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from proof_messenger.protocol import Intent, b64u_decode, sign_intent
+
 from .harness import Issuer, Relay, running_issuer, running_relay, wait_until
 
 CALLER_AUD = "proof-messenger-relay"
@@ -403,3 +405,53 @@ def test_without_oidc_roles_come_from_nowhere_and_sighup_reloads(tmp_path: Path)
         )
         assert relay.verify(key, s, wire(10, n=2)).status_code == 200
         assert relay.process.poll() is None  # SIGHUP reloaded; it did not stop the relay
+
+
+# --- approval requests carry the end user's roles ------------------------------------------
+def _approve_with_device_key(relay: Relay, key: Any, approval: dict[str, Any]) -> Any:
+    intent = Intent.from_bytes(b64u_decode(approval["intent"]))
+    proof = sign_intent(key, intent)
+    return relay.client.post(
+        f"/approvals/{approval['id']}/proof", headers=relay.headers(), content=proof.to_json()
+    )
+
+
+def test_approval_request_judged_with_roles_of_the_user_token(relay: Relay, issuer: Issuer) -> None:
+    s = sub()
+    key = relay.register(s)
+    created = relay.client.post(
+        "/approvals",
+        headers=relay.headers(user_token=user(issuer, s, "clerk")),
+        json={"sub": s, "context": wire(12_500)},
+    )
+    assert created.status_code == 201, created.text
+    # The page's user has no token: the roles verified at creation are the ones judged.
+    r = _approve_with_device_key(relay, key, created.json())
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "approved"
+
+
+def test_approval_request_without_user_token_has_no_roles(relay: Relay) -> None:
+    s = sub()
+    key = relay.register(s)
+    created = relay.client.post(
+        "/approvals", headers=relay.headers(), json={"sub": s, "context": wire(10)}
+    )
+    assert created.status_code == 201, created.text
+    r = _approve_with_device_key(relay, key, created.json())
+    assert r.status_code == 403
+    assert r.json()["code"] == "policy_denied"
+    assert r.json()["detail"].startswith("no verified roles")
+
+
+def test_approval_request_with_another_subjects_token_is_refused(
+    relay: Relay, issuer: Issuer
+) -> None:
+    s = sub()
+    r = relay.client.post(
+        "/approvals",
+        headers=relay.headers(user_token=user(issuer, "mallory", "treasury")),
+        json={"sub": s, "context": wire(10)},
+    )
+    assert r.status_code == 422
+    assert r.json()["code"] == "subject_mismatch"

@@ -38,14 +38,19 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..protocol import ContextLimits, Intent, ProofError, VerifiedProof, b64u_encode, new_nonce
-from ..protocol.errors import ApprovalExpired, ApprovalMismatch, WebAuthnUserNotVerified
+from ..protocol.errors import (
+    ApprovalExpired,
+    ApprovalMismatch,
+    SubjectMismatch,
+    WebAuthnUserNotVerified,
+)
 from ..store.base import ApprovalRecord, ApprovalTransition, StoreError
 from .http import decode_model, is_cbor, read_body
 from .openapi import register_paths
-from .problems import HTTPProblem, json_response
+from .problems import HTTPProblem, json_response, problem_response
 from .routes.keys import _check_sub
 from .routes.verify import _observe, _outcome_response
-from .service import ClientInfo, iso
+from .service import ClientInfo, Identity, iso
 from .state import RelayState, relay_state
 
 __all__ = ["ApprovalCheck", "ApprovalEvents", "install", "load_intent"]
@@ -254,6 +259,14 @@ async def create_approval(request: Request) -> Response:
         await read_body(request, 64 * 1024, s.limits.request_timeout_seconds), CreateApproval
     )
     _check_sub(body.sub)
+    # The end user's ID token, when the backend has one: its subject must be the
+    # request's, and its roles are what the policy engine judges the answer with.
+    identity = await state.user_identity(request)
+    if identity is not None and identity.sub != body.sub:
+        return problem_response(
+            SubjectMismatch("the user token's subject is not the approval request's subject"),
+            instance=request.url.path,
+        )
     max_ttl = s.verification.max_lifetime_seconds
     if not MIN_TTL_SECONDS <= body.ttl_seconds <= max_ttl:
         raise HTTPProblem(
@@ -292,6 +305,7 @@ async def create_approval(request: Request) -> Response:
         expires_at=float(intent.exp),
         require_uv=body.require_user_verification or s.webauthn.require_user_verification,
         api_key_id=api_key.id,
+        user_roles=tuple(sorted(identity.roles)) if identity is not None else None,
     )
     await state.store.insert_approval(record)
     audit = await state.service.record_event(
@@ -346,6 +360,7 @@ async def submit_proof(request: Request) -> Response:
         body,
         cbor=cbor,
         client=state.client(request),
+        identity=await _answer_identity(request, state, record),
         require_user_verification=record.require_uv,
         expect_nonce=record.nonce,
     )
@@ -355,6 +370,17 @@ async def submit_proof(request: Request) -> Response:
         outcome.body["approval_id"] = record.id
         outcome.body["status"] = "approved"
     return _outcome_response(outcome, request)
+
+
+async def _answer_identity(
+    request: Request, state: RelayState, record: ApprovalRecord
+) -> Identity | None:
+    """Who answers: a user token sent now (backend submissions), else the one verified when
+    the request was created (the approval page's user has no token of their own)."""
+    identity = await state.user_identity(request)
+    if identity is None and record.user_roles is not None:
+        identity = Identity(sub=record.sub, roles=frozenset(record.user_roles))
+    return identity
 
 
 async def decline_approval(request: Request) -> Response:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import functools
 import importlib.resources
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -174,11 +175,12 @@ APPROVAL_COLUMNS: tuple[str, ...] = (
     "decided_at",
     "proof_id",
     "audit_event_id",
+    "user_roles",
 )
 APPROVAL_SELECT = (
     "SELECT id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, page_token_hash, "
     "created_at, expires_at, status, require_uv, api_key_id, decided_at, proof_id, "
-    "audit_event_id FROM approvals"
+    "audit_event_id, user_roles FROM approvals"
 )
 assert APPROVAL_SELECT.split(" FROM ")[0].removeprefix("SELECT ").split(", ") == list(
     APPROVAL_COLUMNS
@@ -190,7 +192,10 @@ REGISTRATION_SELECT = (
 
 
 def approval_values(record: ApprovalRecord) -> tuple[Any, ...]:
-    return tuple(getattr(record, name) for name in APPROVAL_COLUMNS)
+    values = {name: getattr(record, name) for name in APPROVAL_COLUMNS}
+    roles = record.user_roles
+    values["user_roles"] = None if roles is None else json.dumps(sorted(roles))
+    return tuple(values.values())
 
 
 def approval_from_row(row: Sequence[Any]) -> ApprovalRecord:
@@ -198,6 +203,8 @@ def approval_from_row(row: Sequence[Any]) -> ApprovalRecord:
     for blob in ("nonce", "intent_digest", "intent_ct", "page_token_hash"):
         f[blob] = bytes(f[blob])
     f["require_uv"] = bool(f["require_uv"])
+    if f["user_roles"] is not None:
+        f["user_roles"] = tuple(json.loads(f["user_roles"]))
     return ApprovalRecord(**f)
 
 

@@ -172,6 +172,10 @@ class ApprovalRecord:
     decided_at: float | None = None
     proof_id: str | None = None
     audit_event_id: str | None = None
+    #: Roles from the end user's verified ID token given when the request was created
+    #: (``X-User-Token``); the policy engine judges the answering proof with them.
+    #: ``None`` when no user token was given.
+    user_roles: tuple[str, ...] | None = None
 
     def effective_status(self, now: float) -> ApprovalStatus:
         """``expired`` for a pending request past its deadline, before the sweeper marks it."""

@@ -94,8 +94,8 @@ _INSERT_OUTBOX = (
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
     "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
-    "proof_id, audit_event_id) VALUES "
-    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    "proof_id, audit_event_id, user_roles) VALUES "
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
 assert _INSERT_APPROVAL.count("$") == len(APPROVAL_COLUMNS)
 _CLAIM = (

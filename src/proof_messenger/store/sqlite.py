@@ -107,8 +107,8 @@ _INSERT_API_KEY = (
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
     "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
-    "proof_id, audit_event_id) VALUES "
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "proof_id, audit_event_id, user_roles) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 assert _INSERT_APPROVAL.count("?") == len(APPROVAL_COLUMNS)
 _INSERT_OUTBOX = (

@@ -18,7 +18,8 @@ CREATE TABLE approvals (
     api_key_id      text,
     decided_at      double precision,
     proof_id        text,
-    audit_event_id  text
+    audit_event_id  text,
+    user_roles      text                          -- JSON list of roles from a verified user token, or NULL
 );
 CREATE INDEX approvals_due ON approvals (status, expires_at);
 

@@ -18,7 +18,8 @@ CREATE TABLE approvals (
     api_key_id      TEXT,
     decided_at      REAL,
     proof_id        TEXT,
-    audit_event_id  TEXT
+    audit_event_id  TEXT,
+    user_roles      TEXT                          -- JSON list of roles from a verified user token, or NULL
 );
 CREATE INDEX approvals_due ON approvals (status, expires_at);
 
