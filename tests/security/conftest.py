@@ -30,3 +30,17 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
         yield r
     finally:
         r.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The measured figures quoted in docs/reliability.md."""
+    from .figures import FIGURES
+    from .fuzzing import EXECUTED
+
+    if not EXECUTED and not FIGURES:
+        return
+    terminalreporter.section("security/reliability figures")
+    for target, count in sorted(EXECUTED.items()):
+        terminalreporter.write_line(f"fuzzed {target}: {count} inputs")
+    for name, value in FIGURES.items():
+        terminalreporter.write_line(f"{name}: {value}")
