@@ -153,8 +153,17 @@ class Verifier:
 
     # --- checks 2-4 ----------------------------------------------------------------------------
     def check_intent(self, proof: Proof, *, now: float | None = None) -> ParsedProof:
+        return self.check_claims(proof, self.decode_intent(proof), now=now)
+
+    def decode_intent(self, proof: Proof) -> Intent:
+        """Check 2 alone: the intent decodes, is deterministic and well-formed."""
+        return Intent.from_bytes(proof.intent, self.settings.context_limits)
+
+    def check_claims(
+        self, proof: Proof, intent: Intent, *, now: float | None = None
+    ) -> ParsedProof:
+        """Checks 3-4 on a decoded intent: audience, then time."""
         s = self.settings
-        intent = Intent.from_bytes(proof.intent, s.context_limits)
         if not hmac.compare_digest(intent.aud.encode(), s.audience.encode()):
             raise WrongAudience(f"proof is for {intent.aud[:100]!r}, not {s.audience!r}")
         t = self.clock() if now is None else now

@@ -41,6 +41,9 @@ HTTP_CODES = [
     "batch_too_large",
     "store_unavailable",
     "internal_error",
+    # issue 5: passkey enrolment
+    "registration_expired",
+    "webauthn_registration_failed",
 ]
 
 

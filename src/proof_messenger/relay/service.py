@@ -31,12 +31,28 @@ from ..protocol import (
     Verifier,
     VerifierSettings,
 )
-from ..protocol.errors import Replayed, SubjectMismatch, WebAuthnSignCount
+from ..protocol.errors import (
+    ApprovalExpired,
+    ApprovalMismatch,
+    Replayed,
+    SubjectMismatch,
+    WebAuthnSignCount,
+)
+from ..protocol.intent import Intent
 from ..protocol.intent import digest as intent_digest
 from ..protocol.intent import proof_id as make_proof_id
 from ..protocol.keys import KeyFormatError, load_public_key_der
-from ..store.base import AuditDraft, AuditRecord, KeyRecord, OutboxEvent, Store
+from ..store.base import (
+    AppendResult,
+    ApprovalTransition,
+    AuditDraft,
+    AuditRecord,
+    KeyRecord,
+    OutboxEvent,
+    Store,
+)
 from .config import Settings
+from .metrics import metrics
 
 __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id"]
 
@@ -86,7 +102,11 @@ class Identity:
 
 
 class ApprovalHook(Protocol):
-    """Check 8: bind a proof to the approval request its nonce names, if any."""
+    """Check 8: bind a proof to the approval request its nonce names, if any.
+
+    Returning an :class:`ApprovalTransition` makes the accepted audit row and the
+    request's pending -> approved compare-and-set one transaction (see ``_accept``).
+    """
 
     async def check(self, verified: VerifiedProof) -> Any: ...
 
@@ -154,18 +174,36 @@ class VerificationService:
         client: ClientInfo,
         identity: Identity | None = None,
         require_user_verification: bool = False,
+        expect_nonce: bytes | None = None,
     ) -> Outcome:
+        """Run checks 1-9 and audit the outcome.
+
+        ``expect_nonce`` (approval page submissions): the proof must answer the approval
+        request with this nonce, else ``approval_mismatch`` (audited like any rejection).
+        """
         proof: Proof | None = None
+        intent: Intent | None = None
         parsed: ParsedProof | None = None
         verified: VerifiedProof | None = None
         now = self.clock()
         try:
             proof = body if isinstance(body, Proof) else self.verifier.parse(body, cbor=cbor)
-            parsed = self.verifier.check_intent(proof, now=now)
+            intent = self.verifier.decode_intent(proof)
+            parsed = self.verifier.check_claims(proof, intent, now=now)
+            if expect_nonce is not None and parsed.intent.nonce != expect_nonce:
+                raise ApprovalMismatch("this proof does not answer this approval request")
             key = await self._resolve(proof.kid)
             self.verifier.check_key(parsed, key)
             assert key is not None
-            verified = self._check_signature(parsed, key, require_user_verification)
+            try:
+                verified = self._check_signature(parsed, key, require_user_verification)
+            except WebAuthnSignCount:
+                # Issue 5: the exact assertion that was already accepted comes back with
+                # its (now stale) counter. That is a replay, not a cloned authenticator:
+                # report it as one instead of raising a false clone alarm.
+                if await self.store.is_claimed(parsed.digest):
+                    raise Replayed("this proof was already accepted") from None
+                raise
             if identity is not None and identity.sub != parsed.intent.sub:
                 raise SubjectMismatch("the user token's subject is not the proof's subject")
             if verified.sign_count is not None and not await self.store.advance_sign_count(
@@ -180,7 +218,7 @@ class VerificationService:
             if self.policy is not None:
                 await self.policy.check(verified, identity)
         except ProofError as exc:
-            return await self._reject(exc, proof, parsed, verified, client, now)
+            return await self._reject(exc, proof, intent, parsed, client, now)
         return await self._accept(verified, binding, client, now)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
@@ -200,31 +238,66 @@ class VerificationService:
         return resolved_key(record)
 
     # --- outcomes ------------------------------------------------------------------------------
+    async def _append(
+        self,
+        draft: AuditDraft,
+        *,
+        claim_digest: bytes | None = None,
+        outbox: list[OutboxEvent] | None = None,
+        approval: ApprovalTransition | None = None,
+    ) -> AppendResult:
+        """Append one audit row, timing it for the audit write latency histogram."""
+        started = time.perf_counter()
+        try:
+            return await self.store.append(
+                draft, claim_digest=claim_digest, outbox=outbox or (), approval=approval
+            )
+        finally:
+            metrics().audit_write_latency.observe(time.perf_counter() - started)
+
     async def _accept(
         self, verified: VerifiedProof, binding: Any, client: ClientInfo, now: float
     ) -> Outcome:
         intent = verified.intent
         event_id = new_event_id()
         payload = self._accepted_body(verified, event_id, now)
+        # Issue 5: a proof answering an approval request is audited as approval.approved,
+        # and the request's pending -> approved CAS commits with this very row.
+        transition = binding if isinstance(binding, ApprovalTransition) else None
+        event_type = "proof.verified"
+        if transition is not None:
+            event_type = "approval.approved"
+            payload["approval_id"] = transition.approval_id
         outbox = self.outbox_for("proof.verified", payload) if self.outbox_for else []
+        if transition is not None and self.outbox_for:
+            outbox = [*outbox, *self.outbox_for("approval.approved", payload)]
         draft = self._draft(
             event_id,
             now,
-            "proof.verified",
+            event_type,
             "accepted",
             client,
             sub=intent.sub,
             kid=verified.key.kid,
             ctx=intent.ctx,
             proof_id=verified.proof_id,
+            detail=f"approval {transition.approval_id}" if transition is not None else None,
         )
-        result = await self.store.append(draft, claim_digest=verified.digest, outbox=outbox)
+        result = await self._append(
+            draft, claim_digest=verified.digest, outbox=outbox, approval=transition
+        )
+        if result.transition_failed:
+            # Decided or expired between check 8 and the commit (another request won).
+            exc: ProofError = ApprovalExpired(
+                "the approval request was decided or expired before this proof arrived"
+            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
-            return await self._reject(
-                exc, verified.parsed.proof, verified.parsed, verified, client, now
-            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         record = result.record
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
@@ -260,8 +333,8 @@ class VerificationService:
         self,
         exc: ProofError,
         proof: Proof | None,
+        intent: Intent | None,
         parsed: ParsedProof | None,
-        verified: VerifiedProof | None,
         client: ClientInfo,
         now: float,
     ) -> Outcome:
@@ -270,7 +343,6 @@ class VerificationService:
             pid = parsed.proof_id
         elif proof is not None:
             pid = make_proof_id(intent_digest(proof.intent))
-        intent = parsed.intent if parsed is not None else None
         event_id = new_event_id()
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool)}
         body_extra = {"proof_id": pid, "audit_event_id": event_id, **extra}
@@ -302,7 +374,7 @@ class VerificationService:
             error_code=exc.code,
             detail=exc.detail,
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         log.info(
             "proof.rejected",
             code=exc.code,
@@ -392,9 +464,38 @@ class VerificationService:
             if self.outbox_for and outbox_payload is not None
             else []
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         assert result.record is not None
         return result.record
+
+    async def record_transition(
+        self,
+        event_type: str,
+        client: ClientInfo,
+        transition: ApprovalTransition,
+        *,
+        sub: str | None = None,
+        ctx: Mapping[str, Any] | None = None,
+        detail: str | None = None,
+        outbox_payload: dict[str, Any] | None = None,
+    ) -> AuditRecord | None:
+        """Audit an approval state change atomically with its compare-and-set (issue 5).
+
+        Returns None, writing nothing, when the request was no longer in the state the
+        transition needs (decided, or not yet/already past its deadline).
+        """
+        now = self.clock()
+        event_id = new_event_id()
+        draft = self._draft(
+            event_id, now, event_type, "info", client, sub=sub, ctx=ctx, detail=detail
+        )
+        outbox = (
+            self.outbox_for(event_type, {**outbox_payload, "audit_event_id": event_id})
+            if self.outbox_for and outbox_payload is not None
+            else []
+        )
+        result = await self._append(draft, outbox=outbox, approval=transition)
+        return None if result.transition_failed else result.record
 
     def decrypt_context(self, record: AuditRecord) -> Any:
         d = record.draft

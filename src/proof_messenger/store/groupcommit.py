@@ -15,7 +15,14 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from .base import AppendResult, AuditDraft, OutboxEvent, StoreError, StoreUnavailable
+from .base import (
+    AppendResult,
+    ApprovalTransition,
+    AuditDraft,
+    OutboxEvent,
+    StoreError,
+    StoreUnavailable,
+)
 
 __all__ = ["GroupCommitter", "PendingAppend", "check_draft"]
 
@@ -41,6 +48,8 @@ class PendingAppend:
     claim_digest: bytes | None
     outbox: Sequence[OutboxEvent]
     future: asyncio.Future[AppendResult] = field(repr=False)
+    # Issue 5: an approval compare-and-set run in the batch's transaction with this row.
+    approval: ApprovalTransition | None = None
 
 
 CommitFn = Callable[[list[PendingAppend]], Awaitable[list[AppendResult]]]
@@ -92,12 +101,13 @@ class GroupCommitter:
         draft: AuditDraft,
         claim_digest: bytes | None,
         outbox: Sequence[OutboxEvent],
+        approval: ApprovalTransition | None = None,
     ) -> AppendResult:
         if self._closed or self._queue is None or self._task is None:
             raise StoreUnavailable("store is not open")
         check_draft(draft)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(PendingAppend(draft, claim_digest, tuple(outbox), future))
+        self._queue.put_nowait(PendingAppend(draft, claim_digest, tuple(outbox), future, approval))
         return await future
 
     async def _run(self) -> None:
