@@ -28,11 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proof_messenger.protocol import Proof, create_proof, public_key_der
 from proof_messenger.protocol.encoding import b64u_encode
 from proof_messenger.protocol.keys import PrivateKey
+from proof_messenger.relay import apikeys
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 AUDIENCE = "payments.example.com"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-ALL_SCOPES = "verify,keys:write,audit:read"
+ALL_SCOPES = ",".join(apikeys.ALL_SCOPES)
 
 
 def free_port() -> int:

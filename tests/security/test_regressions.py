@@ -9,7 +9,12 @@ from .relay import Relay
 
 
 def test_405_lists_every_method_of_the_resource_in_allow(relay: Relay) -> None:
-    for path, methods in (("/keys", {"GET", "POST"}), ("/keys/abc", {"GET", "DELETE"})):
+    for path, methods in (
+        ("/keys", {"GET", "POST"}),
+        ("/keys/abc", {"GET", "DELETE"}),
+        ("/log/checkpoint", {"GET", "POST"}),
+        ("/webauthn/register/options", {"GET", "POST"}),
+    ):
         r = httpx.request("PUT", relay.url + path, headers=relay.headers, timeout=30)
         assert r.status_code == 405
         assert r.json()["code"] == "method_not_allowed"
@@ -33,5 +38,15 @@ def test_require_user_verification_must_be_exactly_true_or_false(relay: Relay, v
     """A typo must not silently switch the user-verification requirement off."""
     with relay.client() as c:
         r = c.post(f"/verify?require_user_verification={value}", json={})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["event_id=x&leaf_index=0", "leaf_index=0&tree_size=1&tree_size=2", "event_id=a&event_id=b"],
+)
+def test_log_inclusion_refuses_ambiguous_queries(relay: Relay, query: str) -> None:
+    r = httpx.get(f"{relay.url}/log/proof/inclusion?{query}", timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "invalid_request"
