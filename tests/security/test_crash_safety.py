@@ -52,9 +52,11 @@ async def test_sigkill_under_load_loses_nothing(db_url: str, tmp_path: Path) -> 
                 runner = asyncio.create_task(load(client, key, ledger, stop))
                 # Kill once the relay has accepted a good number of proofs in this round.
                 target = len(ledger.accepted()) + 60
+                deadline = asyncio.get_running_loop().time() + 120
                 while len(ledger.accepted()) < target:
                     await asyncio.sleep(0.02)
                     assert not runner.done(), runner.exception()
+                    assert asyncio.get_running_loop().time() < deadline, ledger.codes
                 await asyncio.to_thread(relay.kill)
                 stop.set()
                 await runner

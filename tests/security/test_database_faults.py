@@ -230,7 +230,7 @@ async def test_sqlite_disk_full_is_503_without_corruption(tmp_path: Path) -> Non
         _umount(data)
     record(
         "disk full (sqlite on a 4 MiB tmpfs)",
-        f"{len(full)} answers while full: all 503 store_unavailable; {statuses.count(200)} "
-        "accepted before the disk filled, all audited; recovered without restart after space "
-        "was freed; chain verifies; lost: 0",
+        f"{len(full)} answers while full: all 503 store_unavailable (0 false 200); "
+        "recovered without restart after space was freed; every accepted proof audited "
+        "exactly once; chain verifies; lost: 0",
     )

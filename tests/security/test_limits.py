@@ -7,6 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -151,3 +152,29 @@ def test_two_thousand_idle_connections_do_not_starve_health(relay: Relay) -> Non
         for s in socks:
             s.close()
     healthy(relay)
+
+
+@pytest.mark.slow
+def test_rate_limit_is_429_per_api_key_and_others_are_served(tmp_path: Path) -> None:
+    relay = Relay(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'audit.db'}",
+        config={"limits": {"rate_limit_per_second": 1.0, "rate_limit_burst": 5}},
+    )
+    relay.start()
+    try:
+        other = relay.create_api_key(scopes="audit:read", name="other")
+        with relay.client() as c:
+            statuses = [c.get("/keys").status_code for _ in range(20)]
+            assert statuses[:5] == [200] * 5
+            assert 429 in statuses
+            limited = c.get("/keys")
+            problem(limited, 429, "rate_limited")
+            assert int(limited.headers["retry-after"]) >= 1
+        r = httpx.get(
+            f"{relay.url}/audit", headers={"authorization": f"Bearer {other}"}, timeout=30
+        )
+        assert r.status_code == 200  # another API key has its own bucket
+        healthy(relay)
+    finally:
+        relay.stop()
