@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
+from proof_messenger.audit.crypto import load_keyring
 from proof_messenger.protocol import Proof
 from proof_messenger.protocol.keys import PrivateKey
 from proof_messenger.store import open_store
@@ -68,15 +71,23 @@ def proof_id(proof: Proof) -> str:
     return Intent.from_bytes(proof.intent).proof_id()
 
 
-async def verified_rows(db_url: str) -> Counter[str]:
-    """proof id -> number of ``proof.verified`` audit rows, read straight from the store."""
+async def verified_rows(db_url: str, master_key_file: Path | None = None) -> Counter[str]:
+    """proof id -> number of ``proof.verified`` audit rows, read straight from the store.
+
+    With the master key file, every row's encrypted context must also decrypt: a row
+    that is visible is whole (no half-written ciphertext)."""
+    keyring = load_keyring(master_key_file) if master_key_file else None
     store = open_store(db_url)
     await store.open()
     try:
         out: Counter[str] = Counter()
         async for record in store.iter_audit():
-            if record.draft.event_type == "proof.verified" and record.draft.proof_id:
-                out[record.draft.proof_id] += 1
+            d = record.draft
+            if keyring is not None and d.context_ct is not None:
+                assert d.context_key_id is not None
+                json.loads(keyring.decrypt(d.context_key_id, d.context_ct, d.event_id.encode()))
+            if d.event_type == "proof.verified" and d.proof_id:
+                out[d.proof_id] += 1
         return out
     finally:
         await store.close()

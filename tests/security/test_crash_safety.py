@@ -1,7 +1,8 @@
 """SIGKILL the relay under load (SQLite and PostgreSQL), restart it, and check the books.
 
 After each kill and restart: every proof answered 200 has exactly one ``proof.verified``
-row, the hash chain verifies (``proof-messenger audit verify``), no proof is accepted
+row, the hash chain verifies (``proof-messenger audit verify``), every row's encrypted
+context decrypts (nothing half-written is visible), no proof is accepted
 twice (every proof ever sent is resubmitted: 409 if it was accepted, 200 only if it
 never was), and every in-doubt proof (no answer) settles to exactly one accepted row.
 """
@@ -61,7 +62,7 @@ async def test_sigkill_under_load_loses_nothing(db_url: str, tmp_path: Path) -> 
                 stop.set()
                 await runner
             await asyncio.to_thread(relay.start)
-            rows = await verified_rows(db_url)
+            rows = await verified_rows(db_url, relay.workdir / "master.key")
             lost = [pid for pid in ledger.accepted() if rows[pid] != 1]
             assert not lost, f"{len(lost)} proofs answered 200 are not audited exactly once"
             await asyncio.to_thread(relay.cli, "audit", "verify")
@@ -69,7 +70,7 @@ async def test_sigkill_under_load_loses_nothing(db_url: str, tmp_path: Path) -> 
         answered_before = len(ledger.accepted())
         async with relay.async_client() as client:
             outcomes = await settle(client, ledger)
-        rows = await verified_rows(db_url)
+        rows = await verified_rows(db_url, relay.workdir / "master.key")
         # Exactly one accepted row per proof: nothing twice, and in-doubt ones settled.
         assert set(rows) == set(ledger.proofs)
         assert all(n == 1 for n in rows.values())
