@@ -1,22 +1,23 @@
 """Attacks, one test each, against a running relay (SQLite) unless noted.
 
-WebAuthn credentials are registered straight into the relay's store (the registration
-endpoint belongs to another branch); the assertions are real P-256 signatures built
-in Python like tests/protocol/test_webauthn.py does.
+WebAuthn credentials are enrolled through the relay's own registration ceremony with a
+"none" attestation built in Python; the assertions are real P-256 signatures built in
+Python like tests/protocol/test_webauthn.py does (no browser needed).
 """
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import dataclasses
 import hashlib
 import inspect
 import json
+import os
 import time
 import unicodedata
 from typing import Any
 
+import cbor2
 import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -28,15 +29,11 @@ from proof_messenger.protocol import (
     Intent,
     Proof,
     b64u_encode,
-    kid_for,
-    public_key_der,
     sign_intent,
 )
 from proof_messenger.protocol.keys import P256_ORDER, PrivateKey
 from proof_messenger.protocol.webauthn import FLAG_UP, FLAG_UV
 from proof_messenger.relay import apikeys, state
-from proof_messenger.store import open_store
-from proof_messenger.store.base import KeyRecord
 
 from .relay import AUDIENCE, Relay, new_key, post_proof, register, sign
 
@@ -169,23 +166,46 @@ def webauthn_proof(
 
 
 def register_passkey(relay: Relay, key: PrivateKey, sub: str = "alice") -> str:
-    der = public_key_der(key)
-    kid = kid_for(der)
-
-    async def insert() -> None:
-        store = open_store(relay.db_url)
-        await store.open()
-        try:
-            await store.insert_key(
-                KeyRecord(
-                    kid=kid, sub=sub, alg=ALG_WEBAUTHN_ES256, public_key=der, created_at=time.time()
-                )
-            )
-        finally:
-            await store.close()
-
-    asyncio.run(insert())
-    return kid
+    """Enrol ``key`` as a passkey through the relay's own ceremony (POST
+    /webauthn/register/options, then /verify) with a "none" attestation built here."""
+    with relay.client() as c:
+        started = c.post("/webauthn/register/options", json={"sub": sub})
+        assert started.status_code == 201, started.text
+        challenge = started.json()["options"]["challenge"]
+        credential_id = os.urandom(16)
+        numbers = key.public_key().public_numbers()
+        cose_key = cbor2.dumps(
+            {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32), -3: numbers.y.to_bytes(32)}
+        )
+        auth_data = (
+            hashlib.sha256(AUDIENCE.encode()).digest()
+            + bytes([FLAG_UP | FLAG_UV | 0x40])  # AT: attested credential data follows
+            + (0).to_bytes(4)
+            + bytes(16)  # AAGUID
+            + len(credential_id).to_bytes(2)
+            + credential_id
+            + cose_key
+        )
+        client_data = {"type": "webauthn.create", "challenge": challenge, "origin": ORIGIN}
+        credential = {
+            "id": b64u_encode(credential_id),
+            "rawId": b64u_encode(credential_id),
+            "type": "public-key",
+            "response": {
+                "clientDataJSON": b64u_encode(json.dumps(client_data).encode()),
+                "attestationObject": b64u_encode(
+                    cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
+                ),
+            },
+        }
+        done = c.post(
+            "/webauthn/register/verify",
+            json={"token": started.json()["token"], "credential": credential},
+        )
+        assert done.status_code == 201, done.text
+        kid: str = done.json()["kid"]
+        assert kid == b64u_encode(credential_id)
+        return kid
 
 
 @pytest.mark.parametrize(
