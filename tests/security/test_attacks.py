@@ -404,8 +404,10 @@ def test_nfc_and_nfd_contexts_are_distinct_proofs(client: httpx.Client) -> None:
     assert b.json()["context"]["payee"] == nfd
 
 
-@pytest.mark.parametrize("sub", ["ali\nce", "ali\x00ce", "alice\x7f", "\x1b[31malice"])
-def test_subject_with_control_characters_is_malformed_intent(
+@pytest.mark.parametrize(
+    "sub", ["ali\nce", "ali\x00ce", "alice\x7f", "\x1b[31malice", "a" * 10_000, "\U0001f600" * 1000]
+)
+def test_subject_with_control_characters_or_oversized_is_malformed_intent(
     client: httpx.Client, sub: str
 ) -> None:
     key = new_key()
