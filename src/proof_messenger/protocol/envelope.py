@@ -141,6 +141,12 @@ class Proof:
         kid = value.get("kid")
         if not isinstance(kid, str) or not 1 <= len(kid) <= limits.max_kid_chars:
             raise MalformedProof(f"kid: required, 1-{limits.max_kid_chars} characters")
+        if not kid.isascii():
+            try:
+                kid.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                # JSON can spell a lone surrogate ("\ud800"); no store can look it up.
+                raise MalformedProof("kid: text is not valid Unicode (lone surrogate)") from exc
         fields: dict[str, bytes | None] = {}
         maxima = {
             "intent": limits.max_intent_bytes,

@@ -222,8 +222,10 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: ("not_found", "Not found"), 405: ("method_not_allowed", "Method not allowed")}
     code, title = codes.get(exc.status_code, ("http_error", "HTTP error"))
+    # Keep Starlette's headers: a 405 must say which methods are allowed (RFC 9110 §15.5.6).
     return problem_response(
-        HTTPProblem(exc.status_code, code, title, str(exc.detail)), instance=request.url.path
+        HTTPProblem(exc.status_code, code, title, str(exc.detail), headers=dict(exc.headers or {})),
+        instance=request.url.path,
     )
 
 

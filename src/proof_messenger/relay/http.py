@@ -10,7 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from .problems import HTTPProblem
 
-__all__ = ["decode_model", "is_cbor", "query_int", "read_body", "wants_cbor"]
+__all__ = ["decode_model", "is_cbor", "query_int", "query_one", "read_body", "wants_cbor"]
 
 T = TypeVar("T")
 CBOR = "application/cbor"
@@ -89,9 +89,20 @@ def decode_model(data: bytes, model: type[T]) -> T:
         raise HTTPProblem(400, "malformed_request", "Malformed JSON", str(exc)) from exc
 
 
+def query_one(request: Request, name: str) -> str | None:
+    """The query parameter ``name``, refused when repeated: ``?limit=1&limit=500`` has no
+    single meaning (proxies and frameworks disagree on first or last), so it is a 400."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid query", f"{name} is given more than once"
+        )
+    return values[0] if values else None
+
+
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    raw = query_one(request, name)
+    if raw is None:
         return default
     try:
         value = int(raw)

@@ -35,7 +35,7 @@ from ..client.receipts import key_id_of
 from ..store import _merkle
 from ..store.base import CheckpointRecord, LogKeyRecord, Store
 from .config import ConfigError, Settings
-from .http import query_int
+from .http import query_int, query_one
 from .openapi import register_paths
 from .problems import HTTPProblem, json_response
 from .state import RelayState, relay_state
@@ -268,7 +268,7 @@ async def post_checkpoint(request: Request) -> Response:
 async def public_key(request: Request) -> Response:
     _, svc = _service(request)
     await svc.ready()
-    fmt = request.query_params.get("format", "json")
+    fmt = query_one(request, "format") or "json"
     if fmt == "pem":
         return Response(pem_of(svc.key), 200, _headers(svc), media_type="application/x-pem-file")
     if fmt == "vkey":
@@ -304,7 +304,11 @@ async def public_key(request: Request) -> Response:
 async def inclusion_proof(request: Request) -> Response:
     _, svc = _service(request)
     await svc.ready()
-    event_id = request.query_params.get("event_id")
+    event_id = query_one(request, "event_id")
+    if event_id is not None and query_one(request, "leaf_index") is not None:
+        raise HTTPProblem(
+            400, "invalid_request", "Invalid query", "give event_id or leaf_index, not both"
+        )
     if event_id is not None:
         if len(event_id) > 64:
             raise HTTPProblem(404, "not_found", "No such audit event")
@@ -319,7 +323,7 @@ async def inclusion_proof(request: Request) -> Response:
                 400, "invalid_request", "Invalid query", "give event_id or leaf_index"
             )
     checkpoint: CheckpointRecord | None
-    if request.query_params.get("tree_size") in (None, ""):
+    if query_one(request, "tree_size") is None:
         checkpoint = await _guard(svc, lambda: svc.covering_checkpoint(index))
         size = checkpoint.size
     else:
@@ -390,9 +394,13 @@ async def entries(request: Request) -> Response:
     )
 
 
+async def _checkpoint(request: Request) -> Response:
+    return await (post_checkpoint if request.method == "POST" else get_checkpoint)(request)
+
+
 routes = [
-    Route("/log/checkpoint", get_checkpoint, methods=["GET"]),
-    Route("/log/checkpoint", post_checkpoint, methods=["POST"]),
+    # One route per path, so a 405 lists both methods in Allow.
+    Route("/log/checkpoint", _checkpoint, methods=["GET", "POST"]),
     Route("/log/public-key", public_key, methods=["GET"]),
     Route("/log/proof/inclusion", inclusion_proof, methods=["GET"]),
     Route("/log/proof/consistency", consistency_proof, methods=["GET"]),
@@ -449,6 +457,25 @@ def _json(description: str) -> dict[str, Any]:
     }
 
 
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+
+
+#: Every status these routes can answer besides 200, so the document is complete.
+_UNAVAILABLE = {"503": _problem("The store is unavailable; retry shortly")}
+_BAD_QUERY = {"400": _problem("Invalid or repeated query parameter")}
+_AUTH = {
+    "401": _problem("Missing, malformed, unknown or revoked API key"),
+    "403": _problem("The API key lacks the scope audit:read"),
+    "429": _problem("Rate limit exceeded; see Retry-After"),
+}
+
+
 def _q(name: str, description: str, required: bool = False) -> dict[str, Any]:
     return {
         "name": name,
@@ -465,20 +492,27 @@ register_paths(
             "get": {
                 "tags": ["log"],
                 "summary": "Latest signed checkpoint (C2SP signed note); public",
-                "responses": {"200": _text("origin, tree size, base64 root, signature")},
+                "responses": {
+                    "200": _text("origin, tree size, base64 root, signature"),
+                    **_UNAVAILABLE,
+                },
             },
             "post": {
                 "tags": ["log"],
                 "summary": "Sign a checkpoint of the current tree now (scope audit:read)",
                 "security": [{"apiKey": []}],
-                "responses": {"200": _text("the checkpoint")},
+                "responses": {"200": _text("the checkpoint"), **_AUTH, **_UNAVAILABLE},
             },
         },
         "/log/public-key": {
             "get": {
                 "tags": ["log"],
                 "summary": "The log key (JSON with history, or ?format=pem|vkey); public",
-                "responses": {"200": _json("key, verifier key string, rotation history")},
+                "responses": {
+                    "200": _json("key, verifier key string, rotation history"),
+                    **_BAD_QUERY,
+                    **_UNAVAILABLE,
+                },
             }
         },
         "/log/proof/inclusion": {
@@ -490,7 +524,12 @@ register_paths(
                     _q("leaf_index", "or the leaf index (seq - 1)"),
                     _q("tree_size", "default: a signed checkpoint covering the leaf"),
                 ],
-                "responses": {"200": _json("leaf_index, tree_size, hashes[], checkpoint")},
+                "responses": {
+                    "200": _json("leaf_index, tree_size, hashes[], checkpoint"),
+                    **_BAD_QUERY,
+                    "404": _problem("No such audit event"),
+                    **_UNAVAILABLE,
+                },
             }
         },
         "/log/proof/consistency": {
@@ -498,7 +537,7 @@ register_paths(
                 "tags": ["log"],
                 "summary": "RFC 9162 consistency proof between two tree sizes; public",
                 "parameters": [_q("from", "older size", True), _q("to", "newer size", True)],
-                "responses": {"200": _json("from, to, hashes[]")},
+                "responses": {"200": _json("from, to, hashes[]"), **_BAD_QUERY, **_UNAVAILABLE},
             }
         },
         "/log/entries": {
@@ -507,7 +546,12 @@ register_paths(
                 "summary": "Leaf data [start, end), at most 1000 (scope audit:read)",
                 "security": [{"apiKey": []}],
                 "parameters": [_q("start", "first leaf index"), _q("end", "end (exclusive)")],
-                "responses": {"200": _json("entries[] with base64 canonical entry bytes")},
+                "responses": {
+                    "200": _json("entries[] with base64 canonical entry bytes"),
+                    **_BAD_QUERY,
+                    **_AUTH,
+                    **_UNAVAILABLE,
+                },
             }
         },
     }

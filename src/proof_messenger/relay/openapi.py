@@ -135,8 +135,16 @@ SCHEMAS: dict[str, Any] = {
             "proofs": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": 100,
-                "items": {"$ref": "#/components/schemas/ProofEnvelope"},
+                # No maxItems: the limit is a setting (limits.max_batch, default 100) and
+                # more entries are answered 413 batch_too_large, not 400.
+                "description": "At most limits.max_batch entries (default 100); more is "
+                "413 batch_too_large",
+                # Entries are judged one by one: a malformed entry (even a non-object) is a
+                # rejection in ``results`` (with its code), not a 400 for the whole batch.
+                "items": {
+                    "description": "A ProofEnvelope; each entry is verified on its own and a "
+                    "malformed one is reported as a rejection in results"
+                },
             }
         },
     },
@@ -356,7 +364,12 @@ def _paths() -> dict[str, Any]:
                         "name": "sub",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 256,
+                            "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+                        },
                     }
                 ],
                 "responses": {

@@ -59,7 +59,13 @@ class RelayState:
             try:
                 record = await self.store.get_api_key(parsed.key_id)
             except StoreUnavailable as exc:
-                raise HTTPProblem(503, "store_unavailable", "Store unavailable", str(exc)) from exc
+                raise HTTPProblem(
+                    503,
+                    "store_unavailable",
+                    "Store unavailable",
+                    str(exc),
+                    headers={"Retry-After": "1"},  # like every other 503: clients back off
+                ) from exc
         # Compare even when the id is unknown, so timing does not reveal which ids exist.
         stored_hash = record.secret_hash if record is not None else b"\x00" * 32
         ok = apikeys.matches(token.strip(), stored_hash) and record is not None

@@ -259,11 +259,15 @@ def _spki_from_cose(cose_key: bytes) -> bytes:
     )
 
 
+async def _options(request: Request) -> Response:
+    return await (register_options if request.method == "POST" else page_options)(request)
+
+
 def install(state: RelayState) -> list[Route]:
     register_paths(OPENAPI_PATHS)
     return [
-        Route("/webauthn/register/options", register_options, methods=["POST"]),
-        Route("/webauthn/register/options", page_options, methods=["GET"]),
+        # One route per path, so a 405 lists both methods in Allow.
+        Route("/webauthn/register/options", _options, methods=["GET", "POST"]),
         Route("/webauthn/register/verify", register_verify, methods=["POST"]),
     ]
 

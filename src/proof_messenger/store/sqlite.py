@@ -218,6 +218,7 @@ class SQLiteStore:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreUnavailable(f"cannot create directory for {self.path}: {exc}") from exc
+            _check_writable(Path(self.path))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pm-sqlite-writer")
         self._readers = (
             self._writer
@@ -863,3 +864,16 @@ def _policy_approval_values(a: PolicyApproval) -> tuple[Any, ...]:
 
 
 # --- end policy engine -------------------------------------------------------------------------
+
+
+def _check_writable(path: Path) -> None:
+    """Name a read-only database plainly (SQLite only says "unable to open database file").
+
+    The directory must be writable too: SQLite creates the -wal, -shm and lock files there.
+    """
+    for target in (path, path.parent):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise StoreUnavailable(
+                f"{target} is read-only (file permissions or a read-only filesystem): the "
+                "relay must write the audit log; make it writable or move database.url"
+            )

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from ...audit.errors import DecryptionError
 from ...store.base import AuditFilter, AuditRecord
-from ..http import query_int
+from ..http import query_int, query_one
 from ..problems import HTTPProblem, json_response
 from ..service import iso
 from ..state import relay_state
@@ -43,7 +43,7 @@ def event_view(record: AuditRecord) -> dict[str, object]:
 
 
 def _time_param(request: Request, name: str) -> float | None:
-    raw = request.query_params.get(name)
+    raw = query_one(request, name)
     if raw is None or raw == "":
         return None
     try:
@@ -62,7 +62,7 @@ def _time_param(request: Request, name: str) -> float | None:
 
 
 def _text_param(request: Request, name: str, max_len: int = 256) -> str | None:
-    raw = request.query_params.get(name)
+    raw = query_one(request, name)
     if raw is None or raw == "":
         return None
     if len(raw) > max_len:
@@ -73,7 +73,7 @@ def _text_param(request: Request, name: str, max_len: int = 256) -> str | None:
 async def list_audit(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "audit:read")
-    status = _text_param(request, "status")
+    status = query_one(request, "status")  # an enum: empty is not "any", it is invalid
     if status is not None and status not in _STATUSES:
         raise HTTPProblem(
             400, "invalid_request", "Invalid query", "status must be accepted, rejected or info"

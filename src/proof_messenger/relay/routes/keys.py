@@ -10,7 +10,7 @@ from starlette.routing import Route
 from ...protocol import ALG_ES256, b64u_decode, kid_for
 from ...protocol.keys import KeyFormatError, load_public_key_der
 from ...store.base import DuplicateKey, KeyRecord
-from ..http import decode_model, read_body
+from ..http import decode_model, query_one, read_body
 from ..problems import HTTPProblem, json_response
 from ..service import iso
 from ..state import relay_state
@@ -95,7 +95,7 @@ async def register_key(request: Request) -> Response:
 async def list_keys(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "keys:read")
-    sub = request.query_params.get("sub")
+    sub = query_one(request, "sub")
     if sub is not None:
         _check_sub(sub)
     records = await state.store.list_keys(sub)
@@ -115,7 +115,7 @@ async def revoke_key(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "keys:write")
     raw = await read_body(request, 4096, state.settings.limits.request_timeout_seconds)
-    reason = request.query_params.get("reason")
+    reason = query_one(request, "reason")
     if raw.strip():
         reason = decode_model(raw, RevokeKey).reason
     if not reason or len(reason) > 500:
@@ -150,9 +150,16 @@ async def revoke_key(request: Request) -> Response:
     return json_response(key_view(record))
 
 
+async def _keys(request: Request) -> Response:
+    return await (register_key if request.method == "POST" else list_keys)(request)
+
+
+async def _key(request: Request) -> Response:
+    return await (revoke_key if request.method == "DELETE" else get_key)(request)
+
+
 routes = [
-    Route("/keys", register_key, methods=["POST"]),
-    Route("/keys", list_keys, methods=["GET"]),
-    Route("/keys/{kid}", get_key, methods=["GET"]),
-    Route("/keys/{kid}", revoke_key, methods=["DELETE"]),
+    # One route per path, so a 405 lists every method of the resource in Allow.
+    Route("/keys", _keys, methods=["GET", "POST"]),
+    Route("/keys/{kid}", _key, methods=["GET", "DELETE"]),
 ]

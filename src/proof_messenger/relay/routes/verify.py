@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from ...protocol.errors import MalformedProof
 from ...store.base import StoreUnavailable
-from ..http import is_cbor, read_body, wants_cbor
+from ..http import is_cbor, query_one, read_body, wants_cbor
 from ..problems import HTTPProblem, json_response, problem_body
 from ..service import Outcome
 from ..state import RelayState, relay_state
@@ -40,11 +40,23 @@ def _observe(state: RelayState, outcome: Outcome, started: float) -> None:
     m.verify_latency.observe(time.perf_counter() - started)
 
 
+def _flag(request: Request, name: str) -> bool:
+    """``true`` or ``false`` exactly: a typo such as ``True`` or ``yes`` must not silently
+    turn a security requirement off, so anything else is a 400."""
+    raw = query_one(request, name)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise HTTPProblem(400, "invalid_request", "Invalid query", f"{name} must be true or false")
+
+
 async def verify(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "verify")
     identity = await state.user_identity(request)
     started = time.perf_counter()
+    require_uv = _flag(request, "require_user_verification")
     cbor = is_cbor(request)
     body = await read_body(
         request, state.settings.limits.max_body_bytes, state.settings.limits.request_timeout_seconds
@@ -55,8 +67,7 @@ async def verify(request: Request) -> Response:
             cbor=cbor,
             client=state.client(request),
             identity=identity,
-            require_user_verification=request.query_params.get("require_user_verification")
-            == "true",
+            require_user_verification=require_uv,
         )
     except StoreUnavailable as exc:
         raise HTTPProblem(
