@@ -150,7 +150,9 @@ def parse_webhook_settings(raw: Any, environ: Mapping[str, str] | None = None) -
         if not isinstance(raw["enabled"], bool):
             raise ConfigError("webhooks.enabled: must be true or false")
         values["enabled"] = raw["enabled"]
-    subs_raw = raw.get("subscriptions") or []
+    subs_raw = raw.get("subscriptions")
+    if subs_raw is None:
+        subs_raw = []
     if not isinstance(subs_raw, list):
         raise ConfigError("webhooks.subscriptions: must be a list")
     subs = tuple(
