@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SHARED_VECTORS as VECTORS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +27,7 @@ from proof_messenger.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests.conftest import SHARED_VECTORS as VECTORS
 
 MERKLE = VECTORS / "merkle"
 

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from tests.conftest import SHARED_VECTORS as VECTORS
 
 from proof_messenger.audit.errors import DecryptionError
 from proof_messenger.audit.primitives import (
@@ -16,6 +15,7 @@ from proof_messenger.audit.primitives import (
     hmac_sha256,
     hmac_sha256_verify,
 )
+from tests.conftest import SHARED_VECTORS as VECTORS
 
 WYCHEPROOF = VECTORS / "wycheproof"
 

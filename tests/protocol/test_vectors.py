@@ -44,7 +44,7 @@ def test_key_material_is_consistent(key: dict[str, Any]) -> None:
     private = serialization.load_der_private_key(bytes.fromhex(key["private_pkcs8_der_hex"]), None)
     spki = bytes.fromhex(key["public_spki_der_hex"])
     assert (
-        private.public_key().public_bytes(  # type: ignore[union-attr]
+        private.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         == spki

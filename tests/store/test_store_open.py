@@ -189,3 +189,37 @@ async def test_postgres_replica_reads_fall_back_to_primary(pg_target: Target) ->
         assert await only_dead.get_audit(res.record.draft.event_id) == res.record
     finally:
         await only_dead.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_failed_replica_is_skipped_for_a_while(pg_target: Target) -> None:
+    """A replica that accepts TCP but never answers is tried once, not on every read."""
+    target = pg_target
+    writer = await target.store()
+    res = await writer.append(make_draft(0))
+    assert res.record is not None
+    attempts = 0
+    held: list[asyncio.StreamWriter] = []
+
+    async def blackhole(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        held.append(w)  # never answer the startup message
+
+    server = await asyncio.start_server(blackhole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = PostgresStore(
+        target.url,
+        replica_dsns=[f"postgresql://postgres@127.0.0.1:{port}/x"],
+        connection_timeout=0.5,
+    )
+    await store.open()
+    try:
+        for _ in range(5):
+            assert await store.get_audit(res.record.draft.event_id) == res.record
+        assert attempts == 1
+    finally:
+        await store.close()
+        for w in held:
+            w.close()
+        server.close()

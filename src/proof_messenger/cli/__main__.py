@@ -1,3 +1,6 @@
+"""``python -m proof_messenger.cli``: the same command as the ``proof-messenger`` script."""
+
 from .main import main
 
-main()
+if __name__ == "__main__":
+    main()

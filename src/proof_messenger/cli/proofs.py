@@ -123,11 +123,14 @@ def keygen(out_path: Path, passphrase_env: str | None, force: bool) -> None:
         if path.exists() and not force:
             _usage_error(f"{path} exists (use --force to overwrite)")
     key = generate_private_key()
+    # O_EXCL unless --force closes the exists-then-write race; fchmod before the first
+    # write means an existing world-readable file never holds the key, even briefly.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL)
     try:
-        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(out_path, flags, 0o600)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
             fh.write(private_key_to_pem(key, passphrase))
-        os.chmod(out_path, 0o600)
         pub_path.write_bytes(public_key_to_pem(key))
     except OSError as exc:
         _usage_error(f"cannot write key: {exc}")
@@ -182,8 +185,8 @@ def sign(
         _usage_error(f"{key_path}: {exc}")
     try:
         ctx = json.loads(_read_input(context_path))
-    except (ValueError, UnicodeDecodeError) as exc:
-        _usage_error(f"{context_path}: not valid JSON: {exc}")
+    except (ValueError, RecursionError) as exc:
+        _usage_error(f"{context_path}: not valid JSON: {str(exc)[:200] or 'nested too deeply'}")
     nonce: bytes | None = None
     if nonce_hex is not None:
         try:
@@ -252,8 +255,12 @@ def verify(
     except KeyFormatError as exc:
         _usage_error(f"{public_key_path}: {exc}")
     raw, is_cbor = _load_proof(_read_input(proof_path))
+    try:
+        settings = VerifierSettings(audience=aud, clock_skew=skew, max_lifetime=max_lifetime)
+    except ValueError as exc:
+        _usage_error(f"--aud: {exc}")
     verifier = Verifier(
-        VerifierSettings(audience=aud, clock_skew=skew, max_lifetime=max_lifetime),
+        settings,
         keys=single_key_resolver(public_key, sub=sub),
         clock=(lambda: float(at_time)) if at_time is not None else time.time,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -56,6 +57,10 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         os.environ["PROOF_MESSENGER_CONFIG"] = str(config_path.resolve())
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pm-metrics-")
+    # uvicorn drains and shuts the app down on SIGTERM, then re-raises the signal with
+    # the previous handler; make that handler a clean exit so a graceful stop is
+    # status 0 (not -15), which process supervisors read as "stopped as asked".
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "proof_messenger.relay.asgi:app_factory",
         factory=True,
@@ -70,6 +75,10 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         server_header=False,
         date_header=True,
     )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    sys.exit(0)
 
 
 async def _noop(store: object) -> None:

@@ -43,13 +43,21 @@ def encode(value: Any) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
-def decode(data: bytes, *, strict: bool = True, error: type[ProofError] = MalformedIntent) -> Any:
+def decode(
+    data: bytes,
+    *,
+    strict: bool = True,
+    error: type[ProofError] = MalformedIntent,
+    root: str = "intent",
+) -> Any:
     """Decode one CBOR item that must span all of ``data``.
 
     With ``strict`` (intents), the input must be the deterministic encoding. Without
     it (proof envelopes, which are transport framing, not signed bytes), key order and
     head length are free, but duplicates, indefinite lengths and everything outside
-    the model are still refused. ``error`` is the class for malformed input.
+    the model are still refused - all as ``error``, since "non-canonical" is a
+    statement about signed bytes only. ``error`` is the class for malformed input;
+    ``root`` names the top-level item in messages.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise error("expected bytes")
@@ -58,7 +66,7 @@ def decode(data: bytes, *, strict: bool = True, error: type[ProofError] = Malfor
         fast = _fast_path(data)
         if fast is not _MISS:
             return fast
-    parser = _Parser(data, strict, error)
+    parser = _Parser(data, strict, error, root)
     value = parser.item(0, "")
     if parser.pos != len(data):
         raise error(f"{len(data) - parser.pos} trailing byte(s) after the CBOR item")
@@ -99,13 +107,19 @@ def _in_model(value: Any, depth: int) -> bool:
 
 
 class _Parser:
-    __slots__ = ("data", "error", "pos", "strict")
+    __slots__ = ("data", "error", "noncanonical", "pos", "root", "strict")
 
-    def __init__(self, data: bytes, strict: bool, error: type[ProofError]) -> None:
+    def __init__(
+        self, data: bytes, strict: bool, error: type[ProofError], root: str = "intent"
+    ) -> None:
         self.data = data
         self.pos = 0
         self.strict = strict
         self.error = error
+        self.root = root
+        #: Well-formed but non-deterministic CBOR is "non-canonical" only where the
+        #: encoding is signed (strict mode); elsewhere it is plain malformed input.
+        self.noncanonical: type[ProofError] = NonCanonicalEncoding if strict else error
 
     def _take(self, n: int) -> bytes:
         end = self.pos + n
@@ -124,36 +138,36 @@ class _Parser:
             return major, info, info
         if info == 31:
             if major in (2, 3, 4, 5):
-                raise NonCanonicalEncoding(f"{path or 'intent'}: indefinite-length item")
+                raise self.noncanonical(f"{path or self.root}: indefinite-length item")
             if major == 7:
-                raise self.error(f"{path or 'intent'}: unexpected break code")
-            raise self.error(f"{path or 'intent'}: invalid additional information 31")
+                raise self.error(f"{path or self.root}: unexpected break code")
+            raise self.error(f"{path or self.root}: invalid additional information 31")
         if info > 27:
-            raise self.error(f"{path or 'intent'}: reserved additional information {info}")
+            raise self.error(f"{path or self.root}: reserved additional information {info}")
         if major == 7:
             # floats (25-27) and one-byte simple values (24)
             kind = "floats are not allowed" if info >= 25 else "simple values are not allowed"
-            raise self.error(f"{path or 'intent'}: {kind}")
+            raise self.error(f"{path or self.root}: {kind}")
         size = 1 << (info - 24)
         arg = int.from_bytes(self._take(size), "big")
         if self.strict:
             minimum = {1: 24, 2: 0x100, 4: 0x10000, 8: 0x100000000}[size]
             if arg < minimum:
                 raise NonCanonicalEncoding(
-                    f"{path or 'intent'}: integer or length not in shortest form (at byte {start})"
+                    f"{path or self.root}: integer or length not in shortest form (at byte {start})"
                 )
         return major, arg, info
 
     def item(self, depth: int, path: str) -> Any:
         if depth > MAX_DEPTH:
-            raise self.error(f"{path or 'intent'}: nesting deeper than {MAX_DEPTH}")
+            raise self.error(f"{path or self.root}: nesting deeper than {MAX_DEPTH}")
         major, arg, info = self._head(path)
         if major == 0:
             return arg
         if major == 1:
             value = -1 - arg
             if value < _INT_MIN:
-                raise self.error(f"{path or 'intent'}: integer below -2^63")
+                raise self.error(f"{path or self.root}: integer below -2^63")
             return value
         if major == 2:
             return self._take(arg)
@@ -162,7 +176,7 @@ class _Parser:
             try:
                 return raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise self.error(f"{path or 'intent'}: invalid UTF-8 in text string") from exc
+                raise self.error(f"{path or self.root}: invalid UTF-8 in text string") from exc
         if major == 4:
             if arg > len(self.data) - self.pos:
                 raise self.error("truncated CBOR")
@@ -170,7 +184,7 @@ class _Parser:
         if major == 5:
             return self._map(arg, depth, path)
         if major == 6:
-            raise self.error(f"{path or 'intent'}: CBOR tags are not allowed")
+            raise self.error(f"{path or self.root}: CBOR tags are not allowed")
         # major 7 with info < 24: simple values
         if info == 20:
             return False
@@ -179,8 +193,8 @@ class _Parser:
         if info == 22:
             return None
         if info == 23:
-            raise self.error(f"{path or 'intent'}: undefined is not allowed")
-        raise self.error(f"{path or 'intent'}: simple values are not allowed")
+            raise self.error(f"{path or self.root}: undefined is not allowed")
+        raise self.error(f"{path or self.root}: simple values are not allowed")
 
     def _map(self, count: int, depth: int, path: str) -> dict[str, Any]:
         if count > (len(self.data) - self.pos) // 2:
@@ -191,12 +205,12 @@ class _Parser:
             key_start = self.pos
             major, _arg, _info = self._peek_major()
             if major != 3:
-                raise self.error(f"{path or 'intent'}: map keys must be text strings")
+                raise self.error(f"{path or self.root}: map keys must be text strings")
             key = self.item(depth + 1, path)
             key_bytes = self.data[key_start : self.pos]
             where = f"{path}.{key}" if path else key
             if key in result:
-                raise NonCanonicalEncoding(f"{where}: duplicate map key")
+                raise self.noncanonical(f"{where}: duplicate map key")
             if self.strict and previous is not None and key_bytes <= previous:
                 raise NonCanonicalEncoding(f"{where}: map keys are not in deterministic order")
             previous = key_bytes

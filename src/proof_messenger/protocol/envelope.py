@@ -115,7 +115,7 @@ class Proof:
     def from_cbor(cls, data: bytes, limits: EnvelopeLimits = DEFAULT_ENVELOPE_LIMITS) -> Proof:
         if len(data) > limits.max_envelope_bytes:
             raise MalformedProof("envelope exceeds the size limit")
-        value = cbor.decode(data, strict=False, error=MalformedProof)
+        value = cbor.decode(data, strict=False, error=MalformedProof, root="envelope")
         return cls._from_map(value, text_bytes=False, limits=limits)
 
     @classmethod

@@ -180,6 +180,12 @@ def _text(name: str, value: Any, max_chars: int) -> None:
         raise MalformedIntent(f"{name}: must be 1-{max_chars} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise MalformedIntent(f"{name}: control characters are not allowed")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A lone surrogate (e.g. undecodable bytes from argv) has no UTF-8 form.
+            raise MalformedIntent(f"{name}: text is not valid Unicode (lone surrogate)") from exc
 
 
 def _uint(name: str, value: Any) -> None:

@@ -38,7 +38,7 @@ from .errors import (
     UnknownKey,
     WrongAudience,
 )
-from .intent import Intent, digest, proof_id, signed_bytes
+from .intent import MAX_AUD_CHARS, Intent, digest, proof_id, signed_bytes
 from .keys import PublicKey, kid_for, public_key_der, verify_es256
 from .webauthn import verify_assertion
 
@@ -72,7 +72,7 @@ class ResolvedKey:
 
 
 class KeyResolver(Protocol):
-    def __call__(self, kid: str) -> ResolvedKey | None: ...
+    def __call__(self, kid: str, /) -> ResolvedKey | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,12 @@ class VerifierSettings:
     require_user_verification: bool = False
 
     def __post_init__(self) -> None:
-        if not self.audience:
-            raise ValueError("audience must not be empty")
+        if not isinstance(self.audience, str) or not 1 <= len(self.audience) <= MAX_AUD_CHARS:
+            raise ValueError(f"audience must be 1-{MAX_AUD_CHARS} characters")
+        try:
+            self.audience.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError("audience is not valid Unicode (lone surrogate)") from exc
         if self.clock_skew < 0 or self.max_lifetime <= 0:
             raise ValueError("clock_skew must be >= 0 and max_lifetime > 0")
 
@@ -149,8 +153,17 @@ class Verifier:
 
     # --- checks 2-4 ----------------------------------------------------------------------------
     def check_intent(self, proof: Proof, *, now: float | None = None) -> ParsedProof:
+        return self.check_claims(proof, self.decode_intent(proof), now=now)
+
+    def decode_intent(self, proof: Proof) -> Intent:
+        """Check 2 alone: the intent decodes, is deterministic and well-formed."""
+        return Intent.from_bytes(proof.intent, self.settings.context_limits)
+
+    def check_claims(
+        self, proof: Proof, intent: Intent, *, now: float | None = None
+    ) -> ParsedProof:
+        """Checks 3-4 on a decoded intent: audience, then time."""
         s = self.settings
-        intent = Intent.from_bytes(proof.intent, s.context_limits)
         if not hmac.compare_digest(intent.aud.encode(), s.audience.encode()):
             raise WrongAudience(f"proof is for {intent.aud[:100]!r}, not {s.audience!r}")
         t = self.clock() if now is None else now

@@ -100,6 +100,12 @@ def create_app(
         log.info(
             "relay.started", audience=settings.audience, database=_redact(settings.database.url)
         )
+        if not await db.list_api_keys():
+            log.warning(
+                "relay.no_api_keys",
+                hint="create one: proof-messenger apikey create --name backend-1 "
+                "--scopes verify,keys:write,audit:read",
+            )
         try:
             yield
         finally:

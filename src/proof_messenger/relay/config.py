@@ -290,8 +290,12 @@ def _validate(s: Settings) -> None:
         fail("limits.rate_limit_burst", "must be at least 1")
     if not 1 <= lim.max_batch <= 1000:
         fail("limits.max_batch", "must be between 1 and 1000")
-    for origin in (*s.cors.allow_origins, *s.webauthn.origins):
-        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-            fail("cors.allow_origins / webauthn.origins", f"{origin!r} is not an origin")
+    for setting, origins in (
+        ("cors.allow_origins", s.cors.allow_origins),
+        ("webauthn.origins", s.webauthn.origins),
+    ):
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                fail(setting, f"{origin!r} is not an origin")
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://")):
         fail("redis_url", "must start with redis:// or rediss://")

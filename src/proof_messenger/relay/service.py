@@ -32,11 +32,13 @@ from ..protocol import (
     VerifierSettings,
 )
 from ..protocol.errors import Replayed, SubjectMismatch, WebAuthnSignCount
+from ..protocol.intent import Intent
 from ..protocol.intent import digest as intent_digest
 from ..protocol.intent import proof_id as make_proof_id
 from ..protocol.keys import KeyFormatError, load_public_key_der
-from ..store.base import AuditDraft, AuditRecord, KeyRecord, OutboxEvent, Store
+from ..store.base import AppendResult, AuditDraft, AuditRecord, KeyRecord, OutboxEvent, Store
 from .config import Settings
+from .metrics import metrics
 
 __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id"]
 
@@ -156,12 +158,14 @@ class VerificationService:
         require_user_verification: bool = False,
     ) -> Outcome:
         proof: Proof | None = None
+        intent: Intent | None = None
         parsed: ParsedProof | None = None
         verified: VerifiedProof | None = None
         now = self.clock()
         try:
             proof = body if isinstance(body, Proof) else self.verifier.parse(body, cbor=cbor)
-            parsed = self.verifier.check_intent(proof, now=now)
+            intent = self.verifier.decode_intent(proof)
+            parsed = self.verifier.check_claims(proof, intent, now=now)
             key = await self._resolve(proof.kid)
             self.verifier.check_key(parsed, key)
             assert key is not None
@@ -180,7 +184,7 @@ class VerificationService:
             if self.policy is not None:
                 await self.policy.check(verified, identity)
         except ProofError as exc:
-            return await self._reject(exc, proof, parsed, verified, client, now)
+            return await self._reject(exc, proof, intent, parsed, client, now)
         return await self._accept(verified, binding, client, now)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
@@ -200,6 +204,20 @@ class VerificationService:
         return resolved_key(record)
 
     # --- outcomes ------------------------------------------------------------------------------
+    async def _append(
+        self,
+        draft: AuditDraft,
+        *,
+        claim_digest: bytes | None = None,
+        outbox: list[OutboxEvent] | None = None,
+    ) -> AppendResult:
+        """Append one audit row, timing it for the audit write latency histogram."""
+        started = time.perf_counter()
+        try:
+            return await self.store.append(draft, claim_digest=claim_digest, outbox=outbox or ())
+        finally:
+            metrics().audit_write_latency.observe(time.perf_counter() - started)
+
     async def _accept(
         self, verified: VerifiedProof, binding: Any, client: ClientInfo, now: float
     ) -> Outcome:
@@ -218,13 +236,12 @@ class VerificationService:
             ctx=intent.ctx,
             proof_id=verified.proof_id,
         )
-        result = await self.store.append(draft, claim_digest=verified.digest, outbox=outbox)
+        result = await self._append(draft, claim_digest=verified.digest, outbox=outbox)
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
-            return await self._reject(
-                exc, verified.parsed.proof, verified.parsed, verified, client, now
-            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         record = result.record
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
@@ -260,8 +277,8 @@ class VerificationService:
         self,
         exc: ProofError,
         proof: Proof | None,
+        intent: Intent | None,
         parsed: ParsedProof | None,
-        verified: VerifiedProof | None,
         client: ClientInfo,
         now: float,
     ) -> Outcome:
@@ -270,7 +287,6 @@ class VerificationService:
             pid = parsed.proof_id
         elif proof is not None:
             pid = make_proof_id(intent_digest(proof.intent))
-        intent = parsed.intent if parsed is not None else None
         event_id = new_event_id()
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool)}
         body_extra = {"proof_id": pid, "audit_event_id": event_id, **extra}
@@ -302,7 +318,7 @@ class VerificationService:
             error_code=exc.code,
             detail=exc.detail,
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         log.info(
             "proof.rejected",
             code=exc.code,
@@ -392,7 +408,7 @@ class VerificationService:
             if self.outbox_for and outbox_payload is not None
             else []
         )
-        result = await self.store.append(draft, outbox=outbox)
+        result = await self._append(draft, outbox=outbox)
         assert result.record is not None
         return result.record
 

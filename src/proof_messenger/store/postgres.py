@@ -74,6 +74,8 @@ T = TypeVar("T")
 
 # Arbitrary constant: "pm-migr" — serialises migrate() across processes.
 _MIGRATION_LOCK_ID = 0x706D2D6D696772
+#: How long a replica that failed is skipped before it is tried again.
+REPLICA_RETRY_SECONDS = 30.0
 _SELECT_KEY = (
     "SELECT kid, sub, alg, public_key, label, status, created_at, revoked_at, revoke_reason, "
     "sign_count, transports, attestation_format FROM keys"
@@ -175,6 +177,9 @@ class PostgresStore:
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
         self._replicas: list[asyncpg.Pool] = []
+        #: index of a failed replica -> clock time before which it is not tried again, so a
+        #: replica that silently drops packets costs one connection timeout, not one per read.
+        self._replica_down_until: dict[int, float] = {}
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -226,11 +231,15 @@ class PostgresStore:
 
     async def _read(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run a read on the first working replica, else on the primary."""
-        for replica in self._replicas:
+        now = time.monotonic()
+        for index, replica in enumerate(self._replicas):
+            if self._replica_down_until.get(index, 0.0) > now:
+                continue
             try:
                 async with self._conn(what, replica) as con:
                     return await fn(con)
             except StoreUnavailable:
+                self._replica_down_until[index] = time.monotonic() + REPLICA_RETRY_SECONDS
                 continue
         async with self._conn(what) as con:
             return await fn(con)

@@ -114,8 +114,25 @@ async def verify_batch(request: Request) -> Response:
             **outcome.body,
         }
 
+    # Entries carrying the same intent run one after another, in batch order, so that
+    # among duplicates the FIRST is the one accepted; all others run concurrently.
+    previous: dict[Any, asyncio.Task[dict[str, Any]]] = {}
+
+    async def in_order(item: Any, before: asyncio.Task[dict[str, Any]] | None) -> dict[str, Any]:
+        if before is not None:
+            await asyncio.wait([before])
+        return await one(item)
+
+    tasks: list[asyncio.Task[dict[str, Any]]] = []
+    for item in proofs:
+        intent = item.get("intent") if isinstance(item, dict) else None
+        key = intent if isinstance(intent, str | bytes) else None
+        task = asyncio.ensure_future(in_order(item, previous.get(key) if key else None))
+        if key:
+            previous[key] = task
+        tasks.append(task)
     try:
-        results = await asyncio.gather(*(one(p) for p in proofs))
+        results = await asyncio.gather(*tasks)
     except StoreUnavailable as exc:
         raise HTTPProblem(
             503, "store_unavailable", "Store unavailable", str(exc), headers={"Retry-After": "1"}
