@@ -277,3 +277,39 @@ def test_killed_relay_delivers_undelivered_events_after_restart(
         )
     finally:
         rx.close()
+
+
+def test_approval_events_flow_through_the_generic_outbox_hook(
+    tmp_path: Path, relays: list[Relay]
+) -> None:
+    rx = Receiver()
+    try:
+        relay = Relay(tmp_path, webhook_config(rx.url, ["approval.declined"]))
+        relays.append(relay)
+        key = relay.api_key()
+        relay.start()
+        device = Device("erin")
+        device.register(relay.url, key)
+        created = httpx.post(
+            relay.url + "/approvals",
+            json={"sub": "erin", "context": PAYMENT, "ttl_seconds": 120},
+            headers=auth(key),
+            timeout=30,
+        )
+        if created.status_code == 404:
+            pytest.skip("this relay build has no approvals API yet")
+        assert created.status_code == 201, created.text
+        approval_id = created.json()["id"]
+        declined = httpx.post(
+            f"{relay.url}/approvals/{approval_id}/decline",
+            json={"reason": "not me"},
+            headers=auth(key),
+            timeout=30,
+        )
+        assert declined.status_code == 200, declined.text
+        (got,) = wait_until(lambda: rx.accepted(), what="approval.declined delivery")
+        verify_signature(SECRET, got.headers, got.body)
+        assert got.json()["type"] == "approval.declined"
+        assert got.json()["data"]["approval_id"] == approval_id
+    finally:
+        rx.close()
