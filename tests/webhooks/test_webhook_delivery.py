@@ -160,6 +160,33 @@ def test_api_subscription_secret_shown_once_and_event_filter(
         assert body["data"]["kid"] == kid and body["data"]["reason"] == "lost phone"
         assert all(r.json()["type"] == "key.revoked" for r in rx.snapshot())
 
+        new_secret = "whsec_rotated_secret_0123456789"
+        rotated = httpx.post(
+            f"{relay.url}/webhooks/{sub['id']}/secret",
+            json={"secret": new_secret},
+            headers=auth(key),
+            timeout=30,
+        )
+        assert rotated.status_code == 200 and rotated.json()["secret"] == new_secret
+        other = Device("bob2")
+        other_kid = other.register(relay.url, key)
+        httpx.request(
+            "DELETE",
+            f"{relay.url}/keys/{other_kid}",
+            json={"reason": "rotation test"},
+            headers=auth(key),
+            timeout=30,
+        ).raise_for_status()
+        wait_until(lambda: len(rx.accepted()) == 2, what="second key.revoked delivery")
+        after = rx.accepted()[1]
+        assert after.json()["data"]["kid"] == other_kid
+        verify_signature(new_secret, after.headers, after.body)
+        verify_signature([new_secret, secret], after.headers, after.body)
+        with pytest.raises(ValueError):
+            verify_signature(secret, after.headers, after.body)
+        spec = httpx.get(relay.url + "/openapi.json", timeout=30).json()
+        assert {"/webhooks", "/webhooks/{id}/deliveries/{delivery_id}/replay"} <= set(spec["paths"])
+
         bad = httpx.post(
             relay.url + "/webhooks",
             json={"url": "ftp://x.example/", "events": ["key.revoked"]},

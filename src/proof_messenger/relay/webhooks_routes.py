@@ -9,6 +9,7 @@ is written to the outbox in the audit row's transaction, whatever feature produc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import uuid
 from typing import Any
@@ -43,6 +44,10 @@ _encoder = msgspec.json.Encoder()
 _SCOPE = "webhooks"
 _STATUSES = ("pending", "delivered", "dead")
 _EVENTS = frozenset(EVENT_TYPES)
+
+
+class RotateSecret(msgspec.Struct, forbid_unknown_fields=True):
+    secret: str | None = None
 
 
 class CreateWebhook(msgspec.Struct, forbid_unknown_fields=True):
@@ -151,6 +156,7 @@ def install(state: RelayState) -> list[Route]:
         Route("/webhooks", list_webhooks, methods=["GET"]),
         Route("/webhooks/{id}", get_webhook, methods=["GET"]),
         Route("/webhooks/{id}", delete_webhook, methods=["DELETE"]),
+        Route("/webhooks/{id}/secret", rotate_secret, methods=["POST"]),
         Route("/webhooks/{id}/deliveries", list_deliveries, methods=["GET"]),
         Route("/webhooks/{id}/deliveries/{delivery_id}/replay", replay_delivery, methods=["POST"]),
     ]
@@ -161,6 +167,13 @@ def install(state: RelayState) -> list[Route]:
 
 def _invalid(detail: str) -> HTTPProblem:
     return HTTPProblem(400, "invalid_request", "Invalid webhook", detail)
+
+
+def _new_secret(given: str | None) -> str:
+    secret = given if given is not None else "whsec_" + secrets.token_urlsafe(32)
+    if not MIN_SECRET_BYTES <= len(secret.encode("utf-8")) <= 256:
+        raise _invalid(f"secret: {MIN_SECRET_BYTES}-256 bytes (omit it to have one generated)")
+    return secret
 
 
 async def create_webhook(request: Request) -> Response:
@@ -178,9 +191,7 @@ async def create_webhook(request: Request) -> Response:
     sub_id = body.id if body.id is not None else "wh_" + uuid.uuid4().hex
     if not 1 <= len(sub_id) <= 64 or not all(c.isalnum() or c in "._-" for c in sub_id):
         raise _invalid("id: 1-64 characters of A-Z a-z 0-9 . _ -")
-    secret = body.secret if body.secret is not None else "whsec_" + secrets.token_urlsafe(32)
-    if not MIN_SECRET_BYTES <= len(secret.encode("utf-8")) <= 256:
-        raise _invalid(f"secret: {MIN_SECRET_BYTES}-256 bytes (omit it to have one generated)")
+    secret = _new_secret(body.secret)
     key_id, blob = _encrypt_secret(state, sub_id, secret)
     sub = WebhookSubscription(
         id=sub_id,
@@ -232,6 +243,27 @@ async def delete_webhook(request: Request) -> Response:
     await state.store.delete_webhook_subscription(sub.id, state.clock())
     log.info("webhook.deleted", subscription_id=sub.id)
     return Response(status_code=204)
+
+
+async def rotate_secret(request: Request) -> Response:
+    """Replace the signing secret (given, or generated); shown once in the answer.
+
+    Zero-downtime rotation: make the receiver accept both secrets, call this with the new
+    one, then drop the old one on the receiver.
+    """
+    state = relay_state(request)
+    await state.authenticate(request, _SCOPE)
+    sub = await _subscription(state, request)
+    if sub.source == "config":
+        raise _invalid("this subscription is defined in the relay config: change its secret there")
+    raw = await read_body(request, 4096, state.settings.limits.request_timeout_seconds)
+    secret = _new_secret(decode_model(raw, RotateSecret).secret if raw.strip() else None)
+    key_id, blob = _encrypt_secret(state, sub.id, secret)
+    await state.store.upsert_webhook_subscription(
+        dataclasses.replace(sub, secret_key_id=key_id, secret_ct=blob)
+    )
+    log.info("webhook.secret_rotated", subscription_id=sub.id)
+    return json_response({**subscription_view(sub), "secret": secret})
 
 
 async def list_deliveries(request: Request) -> Response:
@@ -410,6 +442,39 @@ OPENAPI_PATHS: dict[str, Any] = {
             "security": _BEARER,
             "responses": {
                 "204": {"description": "Deleted"},
+                **_AUTH,
+                "404": _problem("No such webhook"),
+            },
+        },
+    },
+    "/webhooks/{id}/secret": {
+        "parameters": [_ID_PARAM],
+        "post": {
+            "summary": "Rotate the signing secret (given or generated); shown once",
+            "operationId": "rotateWebhookSecret",
+            "tags": ["webhooks"],
+            "security": _BEARER,
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "secret": {
+                                    "type": "string",
+                                    "minLength": MIN_SECRET_BYTES,
+                                    "maxLength": 256,
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json("Webhook", "The subscription with its new secret (shown once)"),
+                "400": _problem("Invalid secret, or a config-defined subscription"),
                 **_AUTH,
                 "404": _problem("No such webhook"),
             },
