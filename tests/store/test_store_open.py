@@ -100,8 +100,9 @@ async def test_sqlite_not_a_database_is_store_unavailable(tmp_path: Path) -> Non
 
 
 def test_migrations_ship_as_package_data() -> None:
-    assert [m.name for m in load_migrations("sqlite")] == ["0001_initial"]
-    assert [m.name for m in load_migrations("postgres")] == ["0001_initial"]
+    sqlite_names = [m.name for m in load_migrations("sqlite")]
+    assert sqlite_names[0] == "0001_initial"
+    assert [m.name for m in load_migrations("postgres")] == sqlite_names
     assert "CREATE TABLE audit" in load_migrations("postgres")[0].sql
 
 
