@@ -110,3 +110,21 @@ def test_round_trip_and_any_bit_flip_fails(body: bytes, secret: str, t: int) -> 
     tampered = body + b"\x00"
     with pytest.raises(WebhookSignatureError):
         verify_signature(secret, headers(value), tampered, now=t)
+
+
+def test_header_containers_of_common_servers() -> None:
+    """http.server's Message, httpx/Starlette Headers: all work as ``headers``."""
+    from email.message import Message
+
+    import httpx
+    from starlette.datastructures import Headers
+
+    value = sign(SECRET, BODY, T)
+    message = Message()
+    message["x-proof-messenger-signature"] = value
+    for container in (
+        message,
+        httpx.Headers({"X-PROOF-MESSENGER-SIGNATURE": value}),
+        Headers({"x-proof-messenger-signature": value}),
+    ):
+        assert verify_signature(SECRET, container, BODY, now=T) == T  # type: ignore[arg-type]

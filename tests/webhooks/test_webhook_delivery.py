@@ -20,6 +20,7 @@ FAST = {
     "retry_base_seconds": 0.05,
     "retry_cap_seconds": 0.2,
     "lease_seconds": 5,
+    "timeout_seconds": 1,
 }
 
 

@@ -9,6 +9,7 @@ is written to the outbox in the audit row's transaction, whatever feature produc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import uuid
@@ -90,8 +91,10 @@ def make_outbox_hook(worker: DeliveryWorker | None) -> Any:
         if event_type not in _EVENTS:
             return []
         if worker is not None:
-            # The row commits a few ms later (group commit); poll again shortly after.
-            asyncio.get_running_loop().call_later(0.05, worker.wake)
+            # The row commits a few ms later (group commit); look again shortly after.
+            # (Without a running loop the worker's regular poll picks the event up.)
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_later(0.05, worker.wake)
         return [OutboxEvent(event_type, _encoder.encode(payload))]
 
     return outbox_for

@@ -162,4 +162,13 @@ def parse_webhook_settings(raw: Any, environ: Mapping[str, str] | None = None) -
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ConfigError(f"webhooks.subscriptions: duplicate id {dup!r}")
-    return WebhookSettings(**values, subscriptions=subs)
+    settings = WebhookSettings(**values, subscriptions=subs)
+    # A lease must outlive the slowest attempt of its batch, or a second worker could send
+    # the same delivery while the first is still waiting for the receiver.
+    rounds = -(-settings.batch_size // settings.concurrency)
+    if settings.lease_seconds <= rounds * settings.timeout_seconds:
+        raise ConfigError(
+            "webhooks.lease_seconds: must be longer than "
+            f"ceil(batch_size / concurrency) x timeout_seconds = {rounds * settings.timeout_seconds:g} s"
+        )
+    return settings
