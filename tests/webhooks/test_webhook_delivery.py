@@ -185,6 +185,12 @@ def test_api_subscription_secret_shown_once_and_event_filter(
         verify_signature([new_secret, secret], after.headers, after.body)
         with pytest.raises(ValueError):
             verify_signature(secret, after.headers, after.body)
+        audit = httpx.get(
+            relay.url + "/audit", params={"type": "webhook.created"}, headers=auth(key), timeout=30
+        ).json()["events"]
+        assert [e["detail"] for e in audit] == [
+            f"webhook={sub['id']} to=http://127.0.0.1:{rx.port} events=key.revoked"
+        ]
         spec = httpx.get(relay.url + "/openapi.json", timeout=30).json()
         assert {"/webhooks", "/webhooks/{id}/deliveries/{delivery_id}/replay"} <= set(spec["paths"])
 

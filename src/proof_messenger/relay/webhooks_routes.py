@@ -14,6 +14,7 @@ import dataclasses
 import secrets
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -172,6 +173,21 @@ def _invalid(detail: str) -> HTTPProblem:
     return HTTPProblem(400, "invalid_request", "Invalid webhook", detail)
 
 
+async def _audit(
+    state: RelayState,
+    request: Request,
+    event_type: str,
+    sub: WebhookSubscription,
+    extra: str | None = None,
+) -> None:
+    """Who pointed which events at which receiver is security-relevant: audit it."""
+    where = urlsplit(sub.url)
+    detail = f"webhook={sub.id} to={where.scheme}://{where.netloc}"
+    await state.service.record_event(
+        event_type, state.client(request), detail=f"{detail} {extra}" if extra else detail
+    )
+
+
 def _new_secret(given: str | None) -> str:
     secret = given if given is not None else "whsec_" + secrets.token_urlsafe(32)
     if not MIN_SECRET_BYTES <= len(secret.encode("utf-8")) <= 256:
@@ -211,6 +227,7 @@ async def create_webhook(request: Request) -> Response:
         raise HTTPProblem(
             409, "invalid_request", "Webhook exists", f"a webhook with id {sub_id} exists"
         ) from exc
+    await _audit(state, request, "webhook.created", sub, f"events={','.join(events)}")
     log.info("webhook.created", subscription_id=sub_id, events=list(events))
     # The secret is shown once, here; it is stored encrypted and never returned again.
     return json_response(
@@ -244,6 +261,7 @@ async def delete_webhook(request: Request) -> Response:
     await state.authenticate(request, _SCOPE)
     sub = await _subscription(state, request)
     await state.store.delete_webhook_subscription(sub.id, state.clock())
+    await _audit(state, request, "webhook.deleted", sub)
     log.info("webhook.deleted", subscription_id=sub.id)
     return Response(status_code=204)
 
@@ -265,6 +283,7 @@ async def rotate_secret(request: Request) -> Response:
     await state.store.upsert_webhook_subscription(
         dataclasses.replace(sub, secret_key_id=key_id, secret_ct=blob)
     )
+    await _audit(state, request, "webhook.secret_rotated", sub)
     log.info("webhook.secret_rotated", subscription_id=sub.id)
     return json_response({**subscription_view(sub), "secret": secret})
 
@@ -303,6 +322,7 @@ async def replay_delivery(request: Request) -> Response:
     worker = state.features.get("webhooks", {}).get("worker")
     if worker is not None:
         worker.wake()
+    await _audit(state, request, "webhook.replayed", sub, f"delivery={delivery_id}")
     log.info("webhook.replayed", delivery_id=delivery_id, subscription_id=sub.id)
     return json_response(delivery_view(delivery), 202)
 
