@@ -114,6 +114,9 @@ def test_failing_receiver_gets_each_event_exactly_once_signed(
     assert {d["id"] for d in listed} == set(by_id)
     assert all(d["attempts"] == 3 and d["last_status"] == 200 for d in listed)
     assert deliveries(relay, key, "ledger", "pending") == []
+    exposition = httpx.get(relay.url + "/metrics", timeout=30).text
+    assert 'proof_messenger_webhook_attempts_total{result="delivered"} 3.0' in exposition
+    assert 'proof_messenger_webhook_attempts_total{result="retry"} 6.0' in exposition
 
 
 def test_api_subscription_secret_shown_once_and_event_filter(

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 import structlog
+from prometheus_client import Counter
 
 from .. import __version__
 from ..audit.crypto import Keyring
@@ -41,6 +42,21 @@ __all__ = ["DeliveryWorker", "backoff_delay", "delivery_body"]
 
 log = structlog.get_logger("proof_messenger.webhooks")
 _encoder = msgspec.json.Encoder()
+
+
+_ATTEMPTS: Counter | None = None
+
+
+def attempts_counter() -> Counter:
+    """``proof_messenger_webhook_attempts_total{result=delivered|retry|dead}`` (one per process)."""
+    global _ATTEMPTS
+    if _ATTEMPTS is None:
+        _ATTEMPTS = Counter(
+            "proof_messenger_webhook_attempts_total",
+            "Webhook delivery attempts by result (retry: failed, will retry; dead: gave up).",
+            ["result"],
+        )
+    return _ATTEMPTS
 
 
 def _iso(ts: float) -> str:
@@ -169,6 +185,7 @@ class DeliveryWorker:
             return
         if 200 <= status < 300:
             await self.store.mark_delivered(d.id, self.worker_id, self.clock(), status)
+            attempts_counter().labels("delivered").inc()
             log.info(
                 "webhook.delivered",
                 delivery_id=d.id,
@@ -197,9 +214,11 @@ class DeliveryWorker:
         }
         if now >= deadline:
             await self.store.mark_dead(d.id, self.worker_id, error, status)
+            attempts_counter().labels("dead").inc()
             log.warning("webhook.dead_letter", **fields)
             return
         delay = backoff_delay(attempt, s.retry_base_seconds, s.retry_cap_seconds, self.rng)
         next_at = min(now + delay, deadline)
         await self.store.mark_failed(d.id, self.worker_id, next_at, error, status)
+        attempts_counter().labels("retry").inc()
         log.info("webhook.retry_scheduled", retry_in=round(next_at - now, 3), **fields)
