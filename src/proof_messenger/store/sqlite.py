@@ -608,6 +608,15 @@ class SQLiteStore:
         return await self._write(delete)
 
     async def fan_out_outbox(self, now: float, limit: int) -> int:
+        # An idle worker must not take the write lock (and delay audit commits) every poll.
+        pending = await self._read(
+            lambda con: con.execute(
+                "SELECT 1 FROM outbox WHERE status = 'pending' LIMIT 1"
+            ).fetchone()
+        )
+        if pending is None:
+            return 0
+
         def fan_out(con: sqlite3.Connection) -> int:
             rows = con.execute(
                 "SELECT id, event_id, event_type, created_at FROM outbox "
@@ -647,6 +656,18 @@ class SQLiteStore:
     async def claim_due_deliveries(
         self, now: float, limit: int, lease_seconds: float, worker_id: str
     ) -> list[DeliveryTask]:
+        due = await self._read(
+            lambda con: con.execute(
+                "SELECT 1 FROM webhook_deliveries d JOIN webhook_subscriptions s "
+                "ON s.id = d.subscription_id WHERE d.status = 'pending' "
+                "AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?) "
+                "AND s.deleted_at IS NULL LIMIT 1",
+                (now, now),
+            ).fetchone()
+        )
+        if due is None:
+            return []
+
         def claim(con: sqlite3.Connection) -> list[Any]:
             # BEGIN IMMEDIATE holds the write lock: no other process claims the same rows.
             rows = con.execute(
