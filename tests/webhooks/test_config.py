@@ -30,7 +30,7 @@ def test_defaults_and_secret_from_env() -> None:
         ({"max_age_seconds": "1d"}, "webhooks.max_age_seconds"),
         ({"max_age_seconds": 0}, "webhooks.max_age_seconds"),
         ({"batch_size": 1.5}, "webhooks.batch_size"),
-        ({"lease_seconds": 20, "timeout_seconds": 10}, "webhooks.lease_seconds"),
+        ({"lease_seconds": 15, "timeout_seconds": 10}, "webhooks.lease_seconds"),
         ({"retries": 3}, "webhooks.retries"),
         ({"subscriptions": {}}, "webhooks.subscriptions"),
         ({"subscriptions": [{**GOOD, "url": "ftp://x/", "secret": SECRET}]}, "[0].url"),

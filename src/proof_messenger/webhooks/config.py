@@ -163,12 +163,11 @@ def parse_webhook_settings(raw: Any, environ: Mapping[str, str] | None = None) -
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ConfigError(f"webhooks.subscriptions: duplicate id {dup!r}")
     settings = WebhookSettings(**values, subscriptions=subs)
-    # A lease must outlive the slowest attempt of its batch, or a second worker could send
-    # the same delivery while the first is still waiting for the receiver.
-    rounds = -(-settings.batch_size // settings.concurrency)
-    if settings.lease_seconds <= rounds * settings.timeout_seconds:
+    # A lease must outlive the attempt it covers, or a second worker could send the same
+    # delivery while the first is still waiting for the receiver.
+    if settings.lease_seconds < 2 * settings.timeout_seconds:
         raise ConfigError(
-            "webhooks.lease_seconds: must be longer than "
-            f"ceil(batch_size / concurrency) x timeout_seconds = {rounds * settings.timeout_seconds:g} s"
+            "webhooks.lease_seconds: must be at least twice webhooks.timeout_seconds "
+            f"({2 * settings.timeout_seconds:g} s)"
         )
     return settings

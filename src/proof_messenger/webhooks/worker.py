@@ -16,7 +16,6 @@ deduplicate by ``X-Proof-Messenger-Delivery``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import socket
@@ -113,7 +112,6 @@ class DeliveryWorker:
             transport=transport,
             headers={"User-Agent": f"Proof-Messenger-Webhooks/{__version__}"},
         )
-        self._slots = asyncio.Semaphore(settings.concurrency)
 
     def wake(self) -> None:
         """Look for work now (called when an event was just written)."""
@@ -123,41 +121,68 @@ class DeliveryWorker:
         await self._client.aclose()
 
     async def run(self) -> None:
-        """Until cancelled: fan out, deliver what is due, sleep until woken or the poll time."""
-        while True:
-            busy = False
-            try:
-                busy = await self.run_once() > 0
-            except StoreError as exc:
-                log.warning("webhook.store_unavailable", error=str(exc)[:300])
-            except Exception:
-                log.exception("webhook.worker_error")
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.poll_interval_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
+        """Until cancelled: keep up to ``concurrency`` deliveries in flight.
+
+        A delivery is claimed only when a slot is free, so it is sent at once and its
+        lease needs to outlive one attempt only; a slow receiver occupies one slot, not
+        the whole worker.
+        """
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                claimed = await self._claim(self.settings.concurrency - len(inflight))
+                for item in claimed:
+                    task = asyncio.create_task(self._deliver_logged(item))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                if claimed and len(inflight) < self.settings.concurrency:
+                    continue  # there may be more due right now
+                waiter = asyncio.create_task(self._wake.wait())
+                try:
+                    await asyncio.wait(
+                        {waiter, *inflight},
+                        timeout=self.settings.poll_interval_seconds,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    waiter.cancel()
+                self._wake.clear()
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _claim(self, free: int) -> list[DeliveryTask]:
+        """Expand new outbox rows, then lease up to ``free`` due deliveries."""
+        s = self.settings
+        try:
+            while await self.store.fan_out_outbox(self.clock(), s.batch_size) >= s.batch_size:
+                pass
+            if free <= 0:
+                return []
+            return await self.store.claim_due_deliveries(
+                self.clock(), free, s.lease_seconds, self.worker_id
+            )
+        except StoreError as exc:
+            log.warning("webhook.store_unavailable", error=str(exc)[:300])
+        except Exception:
+            log.exception("webhook.worker_error")
+        return []
 
     async def run_once(self) -> int:
-        """One round; returns how many deliveries were attempted."""
-        s = self.settings
-        while await self.store.fan_out_outbox(self.clock(), s.batch_size) >= s.batch_size:
-            pass
-        tasks = await self.store.claim_due_deliveries(
-            self.clock(), s.batch_size, s.lease_seconds, self.worker_id
-        )
-        if tasks:
-            await asyncio.gather(*(self._deliver_bounded(t) for t in tasks))
-        return len(tasks)
+        """Claim and send what is due now, waiting for the results (tests, tools)."""
+        claimed = await self._claim(self.settings.concurrency)
+        await asyncio.gather(*(self._deliver_logged(item) for item in claimed))
+        return len(claimed)
 
-    async def _deliver_bounded(self, task: DeliveryTask) -> None:
-        async with self._slots:
-            try:
-                await self.deliver(task)
-            except StoreError as exc:
-                # The lease runs out and another round (or instance) retries it.
-                log.warning("webhook.record_failed", delivery_id=task.delivery.id, error=str(exc))
+    async def _deliver_logged(self, task: DeliveryTask) -> None:
+        try:
+            await self.deliver(task)
+        except StoreError as exc:
+            # The lease runs out and another round (or instance) retries it.
+            log.warning("webhook.record_failed", delivery_id=task.delivery.id, error=str(exc))
+        except Exception:
+            log.exception("webhook.delivery_error", delivery_id=task.delivery.id)
 
     async def deliver(self, task: DeliveryTask) -> None:
         d = task.delivery
