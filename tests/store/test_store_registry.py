@@ -118,3 +118,67 @@ async def test_api_keys_crud(target: Target) -> None:
     assert await store.revoke_api_key("pk_x", T0 + 11) is False
     got = await store.get_api_key("pk_a")
     assert got is not None and got.revoked_at == T0 + 10
+
+
+# --- policy engine (issue 6): partial N-of-M approvals --------------------------------------
+async def test_policy_approvals_count_each_subject_once(target: Target) -> None:
+    from proof_messenger.store.base import PolicyApproval
+
+    store = await target.store()
+    tx = "t" * 43
+
+    def approval(sub: str, proof: str, at: float) -> PolicyApproval:
+        return PolicyApproval(tx, sub, proof, "wire-over-limit", ("treasury",), at)
+
+    assert await store.add_policy_approval(approval("alice", "p1", T0)) is True
+    assert await store.add_policy_approval(approval("alice", "p2", T0 + 1)) is False
+    # Two instances racing for the same subject: exactly one row wins.
+    other = await target.store()
+    results = await asyncio.gather(
+        store.add_policy_approval(approval("bob", "p3", T0 + 2)),
+        other.add_policy_approval(approval("bob", "p4", T0 + 2)),
+    )
+    assert sorted(results) == [False, True]
+    rows = await other.list_policy_approvals(tx)
+    assert [(r.sub, r.roles, r.rule) for r in rows] == [
+        ("alice", ("treasury",), "wire-over-limit"),
+        ("bob", ("treasury",), "wire-over-limit"),
+    ]
+    assert rows[0].proof_id == "p1" and rows[0].at == T0
+    assert await store.list_policy_approvals("u" * 43) == []
+
+
+async def test_policy_approval_commits_with_the_audit_row_or_not_at_all(target: Target) -> None:
+    from proof_messenger.store.base import PolicyApproval
+
+    from .conftest import make_draft
+
+    store = await target.store()
+    tx = "a" * 43
+
+    def approval(sub: str, proof: str) -> PolicyApproval:
+        return PolicyApproval(tx, sub, proof, "wire-over-limit", ("treasury",), T0)
+
+    digest = b"\x01" * 32
+    first = await store.append(
+        make_draft(1), claim_digest=digest, policy_approval=approval("alice", "p1")
+    )
+    assert first.record is not None
+    # A replay of the same proof writes neither an audit row nor an approval.
+    replay = await store.append(
+        make_draft(2), claim_digest=digest, policy_approval=approval("bob", "p2")
+    )
+    assert replay.replayed and replay.record is None
+    # Concurrent approvals in one group-commit batch: distinct subjects both count,
+    # a second approval by the same subject is accepted but not counted again.
+    results = await asyncio.gather(
+        store.append(
+            make_draft(3), claim_digest=b"\x03" * 32, policy_approval=approval("carol", "p3")
+        ),
+        store.append(
+            make_draft(4), claim_digest=b"\x04" * 32, policy_approval=approval("alice", "p4")
+        ),
+    )
+    assert all(r.record is not None for r in results)
+    rows = await store.list_policy_approvals(tx)
+    assert sorted((r.sub, r.proof_id) for r in rows) == [("alice", "p1"), ("carol", "p3")]

@@ -121,7 +121,7 @@ def static_port() -> Iterator[int]:
         server.server_close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed; the browser-module tests need a real Chromium")

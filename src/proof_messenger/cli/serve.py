@@ -52,9 +52,9 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         load_or_create_keyring(settings.master_key_file)
     except Exception as exc:
         fail(f"master_key_file ({settings.master_key_file}): {exc}")
-    _prepare_features(settings)
     if config_path is not None:
         os.environ["PROOF_MESSENGER_CONFIG"] = str(config_path.resolve())
+    _prepare_features(settings)  # after the line above: relative policy.file paths need it
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pm-metrics-")
     # uvicorn drains and shuts the app down on SIGTERM, then re-raises the signal with
@@ -89,11 +89,16 @@ def _prepare_features(settings: object) -> None:
     """Start-up work of feature modules that must happen once, before workers fork."""
     from importlib import import_module
 
-    for name in ("log_routes",):
+    from ..relay.config import ConfigError
+
+    for name in ("log_routes", "policy_routes"):
         try:
             module = import_module(f"proof_messenger.relay.{name}")
         except ModuleNotFoundError:
             continue
         prepare = getattr(module, "prepare", None)
         if prepare is not None:
-            prepare(settings)
+            try:
+                prepare(settings)
+            except ConfigError as exc:  # e.g. an invalid policy: or oidc: section
+                fail(f"invalid configuration: {exc}")

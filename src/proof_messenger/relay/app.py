@@ -177,7 +177,14 @@ def default_extensions() -> list[Extension]:
     from importlib import import_module
 
     found: list[Extension] = []
-    for name in ("approvals", "webauthn_routes", "webhooks_routes", "log_routes", "web_pages"):
+    for name in (
+        "approvals",
+        "webauthn_routes",
+        "webhooks_routes",
+        "log_routes",
+        "web_pages",
+        "policy_routes",
+    ):
         try:
             module = import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:

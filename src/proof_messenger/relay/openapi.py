@@ -41,6 +41,15 @@ HTTP_CODES = [
     "batch_too_large",
     "store_unavailable",
     "internal_error",
+    # issue 5: passkey enrolment
+    "registration_expired",
+    "webauthn_registration_failed",
+    # identity + policy (issue 6)
+    "invalid_token",
+    "invalid_user_token",
+    "user_token_not_supported",
+    "idp_unavailable",
+    "unknown_transaction",
 ]
 
 

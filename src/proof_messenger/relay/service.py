@@ -31,12 +31,27 @@ from ..protocol import (
     Verifier,
     VerifierSettings,
 )
-from ..protocol.errors import Replayed, SubjectMismatch, WebAuthnSignCount
+from ..protocol.errors import (
+    ApprovalExpired,
+    ApprovalMismatch,
+    Replayed,
+    SubjectMismatch,
+    WebAuthnSignCount,
+)
 from ..protocol.intent import Intent
 from ..protocol.intent import digest as intent_digest
 from ..protocol.intent import proof_id as make_proof_id
 from ..protocol.keys import KeyFormatError, load_public_key_der
-from ..store.base import AppendResult, AuditDraft, AuditRecord, KeyRecord, OutboxEvent, Store
+from ..store.base import (
+    AppendResult,
+    ApprovalTransition,
+    AuditDraft,
+    AuditRecord,
+    KeyRecord,
+    OutboxEvent,
+    PolicyApproval,
+    Store,
+)
 from .config import Settings
 from .metrics import metrics
 
@@ -88,7 +103,11 @@ class Identity:
 
 
 class ApprovalHook(Protocol):
-    """Check 8: bind a proof to the approval request its nonce names, if any."""
+    """Check 8: bind a proof to the approval request its nonce names, if any.
+
+    Returning an :class:`ApprovalTransition` makes the accepted audit row and the
+    request's pending -> approved compare-and-set one transaction (see ``_accept``).
+    """
 
     async def check(self, verified: VerifiedProof) -> Any: ...
 
@@ -96,7 +115,9 @@ class ApprovalHook(Protocol):
 class PolicyHook(Protocol):
     """Check 9: business policy; raises PolicyDenied naming the rule."""
 
-    async def check(self, verified: VerifiedProof, identity: Identity | None) -> None: ...
+    async def check(self, verified: VerifiedProof, identity: Identity | None) -> Any:
+        """Raise PolicyDenied, or return None / a value for ``after_accept`` (N-of-M)."""
+        ...
 
 
 AcceptedCallback = Callable[[VerifiedProof, AuditRecord, Any], Awaitable[None]]
@@ -156,7 +177,13 @@ class VerificationService:
         client: ClientInfo,
         identity: Identity | None = None,
         require_user_verification: bool = False,
+        expect_nonce: bytes | None = None,
     ) -> Outcome:
+        """Run checks 1-9 and audit the outcome.
+
+        ``expect_nonce`` (approval page submissions): the proof must answer the approval
+        request with this nonce, else ``approval_mismatch`` (audited like any rejection).
+        """
         proof: Proof | None = None
         intent: Intent | None = None
         parsed: ParsedProof | None = None
@@ -166,10 +193,20 @@ class VerificationService:
             proof = body if isinstance(body, Proof) else self.verifier.parse(body, cbor=cbor)
             intent = self.verifier.decode_intent(proof)
             parsed = self.verifier.check_claims(proof, intent, now=now)
+            if expect_nonce is not None and parsed.intent.nonce != expect_nonce:
+                raise ApprovalMismatch("this proof does not answer this approval request")
             key = await self._resolve(proof.kid)
             self.verifier.check_key(parsed, key)
             assert key is not None
-            verified = self._check_signature(parsed, key, require_user_verification)
+            try:
+                verified = self._check_signature(parsed, key, require_user_verification)
+            except WebAuthnSignCount:
+                # Issue 5: the exact assertion that was already accepted comes back with
+                # its (now stale) counter. That is a replay, not a cloned authenticator:
+                # report it as one instead of raising a false clone alarm.
+                if await self.store.is_claimed(parsed.digest):
+                    raise Replayed("this proof was already accepted") from None
+                raise
             if identity is not None and identity.sub != parsed.intent.sub:
                 raise SubjectMismatch("the user token's subject is not the proof's subject")
             if verified.sign_count is not None and not await self.store.advance_sign_count(
@@ -181,11 +218,12 @@ class VerificationService:
             if await self.store.is_claimed(parsed.digest):
                 raise Replayed("this proof was already accepted")
             binding = await self.approvals.check(verified) if self.approvals else None
+            policy_result = None
             if self.policy is not None:
-                await self.policy.check(verified, identity)
+                policy_result = await self.policy.check(verified, identity)
         except ProofError as exc:
             return await self._reject(exc, proof, intent, parsed, client, now)
-        return await self._accept(verified, binding, client, now)
+        return await self._accept(verified, binding, client, now, policy_result)
 
     async def reject_unparsed(self, exc: ProofError, client: ClientInfo) -> Outcome:
         """Audit and answer input that never became a proof envelope."""
@@ -210,33 +248,71 @@ class VerificationService:
         *,
         claim_digest: bytes | None = None,
         outbox: list[OutboxEvent] | None = None,
+        approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,
     ) -> AppendResult:
         """Append one audit row, timing it for the audit write latency histogram."""
         started = time.perf_counter()
         try:
-            return await self.store.append(draft, claim_digest=claim_digest, outbox=outbox or ())
+            return await self.store.append(
+                draft,
+                claim_digest=claim_digest,
+                outbox=outbox or (),
+                approval=approval,
+                policy_approval=policy_approval,
+            )
         finally:
             metrics().audit_write_latency.observe(time.perf_counter() - started)
 
     async def _accept(
-        self, verified: VerifiedProof, binding: Any, client: ClientInfo, now: float
+        self,
+        verified: VerifiedProof,
+        binding: Any,
+        client: ClientInfo,
+        now: float,
+        policy_result: Any = None,
     ) -> Outcome:
         intent = verified.intent
         event_id = new_event_id()
         payload = self._accepted_body(verified, event_id, now)
+        # Every accepted proof is one proof.verified row; one that answers an approval
+        # request names it in `detail`, and the request's pending -> approved CAS commits
+        # with this very row (webhooks get approval.approved as well).
+        transition = binding if isinstance(binding, ApprovalTransition) else None
+        event_type = "proof.verified"
+        if transition is not None:
+            payload["approval_id"] = transition.approval_id
         outbox = self.outbox_for("proof.verified", payload) if self.outbox_for else []
+        if transition is not None and self.outbox_for:
+            outbox = [*outbox, *self.outbox_for("approval.approved", payload)]
         draft = self._draft(
             event_id,
             now,
-            "proof.verified",
+            event_type,
             "accepted",
             client,
             sub=intent.sub,
             kid=verified.key.kid,
             ctx=intent.ctx,
             proof_id=verified.proof_id,
+            detail=f"approval {transition.approval_id}" if transition is not None else None,
         )
-        result = await self._append(draft, claim_digest=verified.digest, outbox=outbox)
+        # The approval request's CAS (check 8) and an N-of-M approval row (check 9)
+        # both commit in the same transaction as the audit row, or neither does.
+        result = await self._append(
+            draft,
+            claim_digest=verified.digest,
+            outbox=outbox,
+            approval=transition,
+            policy_approval=getattr(policy_result, "approval_row", None),
+        )
+        if result.transition_failed:
+            # Decided or expired between check 8 and the commit (another request won).
+            exc: ProofError = ApprovalExpired(
+                "the approval request was decided or expired before this proof arrived"
+            )
+            parsed = verified.parsed
+            return await self._reject(exc, parsed.proof, parsed.intent, parsed, client, now)
         if result.replayed or result.record is None:
             # Lost the race to a concurrent copy on this or another instance.
             exc = Replayed("this proof was already accepted")
@@ -246,6 +322,11 @@ class VerificationService:
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
             await self.on_accepted(verified, record, binding)
+        # --- policy engine (issue 6): report the N-of-M state after the commit ------------
+        after_accept = getattr(self.policy, "after_accept", None)
+        if policy_result is not None and after_accept is not None:
+            payload.update(await after_accept(verified, record, policy_result))
+        # --- end policy engine ---------------------------------------------------------------
         log.info(
             "proof.verified",
             proof_id=verified.proof_id,
@@ -411,6 +492,35 @@ class VerificationService:
         result = await self._append(draft, outbox=outbox)
         assert result.record is not None
         return result.record
+
+    async def record_transition(
+        self,
+        event_type: str,
+        client: ClientInfo,
+        transition: ApprovalTransition,
+        *,
+        sub: str | None = None,
+        ctx: Mapping[str, Any] | None = None,
+        detail: str | None = None,
+        outbox_payload: dict[str, Any] | None = None,
+    ) -> AuditRecord | None:
+        """Audit an approval state change atomically with its compare-and-set (issue 5).
+
+        Returns None, writing nothing, when the request was no longer in the state the
+        transition needs (decided, or not yet/already past its deadline).
+        """
+        now = self.clock()
+        event_id = new_event_id()
+        draft = self._draft(
+            event_id, now, event_type, "info", client, sub=sub, ctx=ctx, detail=detail
+        )
+        outbox = (
+            self.outbox_for(event_type, {**outbox_payload, "audit_event_id": event_id})
+            if self.outbox_for and outbox_payload is not None
+            else []
+        )
+        result = await self._append(draft, outbox=outbox, approval=transition)
+        return None if result.transition_failed else result.record
 
     def decrypt_context(self, record: AuditRecord) -> Any:
         d = record.draft

@@ -17,7 +17,7 @@ from .config import Settings
 from .metrics import Metrics
 from .problems import HTTPProblem
 from .ratelimit import RateLimiter
-from .service import ClientInfo, VerificationService
+from .service import ClientInfo, Identity, VerificationService
 
 __all__ = ["RelayState", "relay_state"]
 
@@ -47,6 +47,12 @@ class RelayState:
                 "send 'Authorization: Bearer <api key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="proof-messenger"'},
             )
+        # --- OIDC callers (issue 6): a bearer JWT from the configured IdP -------------------
+        oidc_caller = self.features.get("oidc_caller")
+        if oidc_caller is not None and token.strip().startswith("eyJ"):
+            jwt_record: ApiKeyRecord = await oidc_caller(token.strip())
+            return await self._authorize(request, jwt_record, scopes)
+        # --- end OIDC callers --------------------------------------------------------------
         parsed = apikeys.parse_api_key(token.strip())
         record: ApiKeyRecord | None = None
         if parsed is not None:
@@ -65,6 +71,12 @@ class RelayState:
                 "the API key is unknown, malformed or revoked",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+        return await self._authorize(request, record, scopes)
+
+    async def _authorize(
+        self, request: Request, record: ApiKeyRecord, scopes: tuple[str, ...]
+    ) -> ApiKeyRecord:
+        """Scope check and rate limit of an authenticated caller (API key or JWT)."""
         granted = apikeys.expand(record.scopes)
         if scopes and not granted.intersection(scopes):
             raise HTTPProblem(
@@ -86,6 +98,26 @@ class RelayState:
             )
         request.state.api_key_id = record.id
         return record
+
+    async def user_identity(self, request: Request) -> Identity | None:
+        """The end user's verified ID token (``X-User-Token``), if the request carries one.
+
+        Added for issue 6: without an ``oidc.user_tokens`` config a user token is refused
+        (400) rather than ignored, so a caller never believes roles were checked.
+        """
+        token = request.headers.get("x-user-token")
+        if token is None:
+            return None
+        verify_user = self.features.get("user_identity")
+        if verify_user is None:
+            raise HTTPProblem(
+                400,
+                "user_token_not_supported",
+                "User tokens not configured",
+                "this relay has no oidc.user_tokens configuration; remove X-User-Token",
+            )
+        identity: Identity = await verify_user(token.strip())
+        return identity
 
     def client(self, request: Request) -> ClientInfo:
         ip = request.client.host if request.client else None

@@ -15,11 +15,14 @@ from typing import Any, cast
 from proof_messenger.audit.chain import micros_to_time, time_to_micros
 
 from .base import (
+    ApprovalRecord,
+    ApprovalTransition,
     AuditDraft,
     AuditFilter,
     AuditRecord,
     AuditStatus,
     DeliveryTask,
+    RegistrationChallenge,
     WebhookDelivery,
     WebhookSubscription,
 )
@@ -271,3 +274,91 @@ def decode_delivery_cursor(cursor: str) -> tuple[float, str]:
 
 
 # --- end webhooks ----------------------------------------------------------------------------------
+# --- approvals (issue 5) ---------------------------------------------------------------------
+APPROVAL_COLUMNS: tuple[str, ...] = (
+    "id",
+    "sub",
+    "aud",
+    "nonce",
+    "intent_digest",
+    "intent_key_id",
+    "intent_ct",
+    "page_token_hash",
+    "created_at",
+    "expires_at",
+    "status",
+    "require_uv",
+    "api_key_id",
+    "decided_at",
+    "proof_id",
+    "audit_event_id",
+    "user_roles",
+)
+APPROVAL_SELECT = (
+    "SELECT id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, page_token_hash, "
+    "created_at, expires_at, status, require_uv, api_key_id, decided_at, proof_id, "
+    "audit_event_id, user_roles FROM approvals"
+)
+assert APPROVAL_SELECT.split(" FROM ")[0].removeprefix("SELECT ").split(", ") == list(
+    APPROVAL_COLUMNS
+)
+REGISTRATION_SELECT = (
+    "SELECT token_hash, sub, challenge, options_json, created_at, expires_at, used "
+    "FROM webauthn_challenges"
+)
+
+
+def approval_values(record: ApprovalRecord) -> tuple[Any, ...]:
+    values = {name: getattr(record, name) for name in APPROVAL_COLUMNS}
+    roles = record.user_roles
+    values["user_roles"] = None if roles is None else json.dumps(sorted(roles))
+    return tuple(values.values())
+
+
+def approval_from_row(row: Sequence[Any]) -> ApprovalRecord:
+    f = dict(zip(APPROVAL_COLUMNS, row, strict=True))
+    for blob in ("nonce", "intent_digest", "intent_ct", "page_token_hash"):
+        f[blob] = bytes(f[blob])
+    f["require_uv"] = bool(f["require_uv"])
+    if f["user_roles"] is not None:
+        f["user_roles"] = tuple(json.loads(f["user_roles"]))
+    return ApprovalRecord(**f)
+
+
+def registration_from_row(row: Sequence[Any]) -> RegistrationChallenge:
+    return RegistrationChallenge(
+        token_hash=bytes(row[0]),
+        sub=row[1],
+        challenge=bytes(row[2]),
+        options_json=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        used=bool(row[6]),
+    )
+
+
+# Compare-and-set UPDATEs for approval transitions (literal SQL; parameters: transition_args).
+# Deciding (approved/declined) needs the request still open; expiring needs it overdue.
+# Exactly one row changes, or none and the caller writes nothing for that item.
+_TRANSITION_DECIDE = (
+    "UPDATE approvals SET status = {1}, decided_at = {2}, proof_id = {3}, audit_event_id = {4} "
+    "WHERE id = {5} AND status = 'pending' AND expires_at > {6}"
+)
+_TRANSITION_EXPIRE = (
+    "UPDATE approvals SET status = {1}, decided_at = {2}, proof_id = {3}, audit_event_id = {4} "
+    "WHERE id = {5} AND status = 'pending' AND expires_at <= {6}"
+)
+TRANSITION_SQL: dict[tuple[str, bool], str] = {
+    ("sqlite", False): _TRANSITION_DECIDE.format(*["?"] * 7),
+    ("sqlite", True): _TRANSITION_EXPIRE.format(*["?"] * 7),
+    ("postgres", False): _TRANSITION_DECIDE.format(*[f"${i}" for i in range(7)]),
+    ("postgres", True): _TRANSITION_EXPIRE.format(*[f"${i}" for i in range(7)]),
+}
+
+
+def transition_sql(t: ApprovalTransition, dialect: str) -> str:
+    return TRANSITION_SQL[(dialect, t.status == "expired")]
+
+
+def transition_args(t: ApprovalTransition, event_id: str) -> tuple[Any, ...]:
+    return (t.status, t.at, t.proof_id, event_id, t.approval_id, t.at)

@@ -17,17 +17,26 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from proof_messenger.audit.merkle import CompactTree
+
 __all__ = [
     "ApiKeyRecord",
     "AppendResult",
+    "ApprovalRecord",
+    "ApprovalTransition",
     "AuditDraft",
     "AuditFilter",
     "AuditPage",
     "AuditRecord",
     "ChainHead",
+    "CheckpointRecord",
     "DuplicateKey",
     "KeyRecord",
+    "LogEntry",
+    "LogKeyRecord",
     "OutboxEvent",
+    "PolicyApproval",
+    "RegistrationChallenge",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -36,6 +45,7 @@ __all__ += ["DeliveryPage", "DeliveryTask", "WebhookDelivery", "WebhookSubscript
 
 KeyStatus = Literal["active", "revoked"]
 AuditStatus = Literal["accepted", "rejected", "info"]
+ApprovalStatus = Literal["pending", "approved", "declined", "expired"]
 
 
 class StoreError(Exception):
@@ -132,6 +142,75 @@ class ChainHead:
 class AppendResult:
     record: AuditRecord | None  # None when the claim lost the race (replayed)
     replayed: bool = False
+    #: The approval transition's compare-and-set failed (no longer pending, or the
+    #: deadline condition did not hold); nothing was written for this item.
+    transition_failed: bool = False
+
+
+# --- approval requests (issue 5) ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """An approval request: the server-built intent a user is asked to sign.
+
+    The intent (which holds the context) is stored encrypted with the master keyring
+    (AAD = the approval id); ``intent_digest`` is kept in clear so that check 8 can
+    compare a proof with its request without decrypting anything.
+    """
+
+    id: str
+    sub: str
+    aud: str
+    nonce: bytes
+    intent_digest: bytes
+    intent_key_id: str
+    intent_ct: bytes
+    page_token_hash: bytes  # SHA-256 of the approval page's token
+    created_at: float
+    expires_at: float
+    status: ApprovalStatus = "pending"
+    require_uv: bool = False
+    api_key_id: str | None = None
+    decided_at: float | None = None
+    proof_id: str | None = None
+    audit_event_id: str | None = None
+    #: Roles from the end user's verified ID token given when the request was created
+    #: (``X-User-Token``); the policy engine judges the answering proof with them.
+    #: ``None`` when no user token was given.
+    user_roles: tuple[str, ...] | None = None
+
+    def effective_status(self, now: float) -> ApprovalStatus:
+        """``expired`` for a pending request past its deadline, before the sweeper marks it."""
+        if self.status == "pending" and now >= self.expires_at:
+            return "expired"
+        return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalTransition:
+    """A compare-and-set on an approval, executed in the same transaction as an audit row.
+
+    ``approved``/``declined`` need ``status = 'pending' AND expires_at > at``;
+    ``expired`` needs ``status = 'pending' AND expires_at <= at``. The audit row's
+    event id is recorded on the approval.
+    """
+
+    approval_id: str
+    status: Literal["approved", "declined", "expired"]
+    at: float
+    proof_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationChallenge:
+    """A one-use WebAuthn registration ceremony, found by the SHA-256 of its token."""
+
+    token_hash: bytes
+    sub: str
+    challenge: bytes
+    options_json: str
+    created_at: float
+    expires_at: float
+    used: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +284,56 @@ class DeliveryPage:
 
 
 # --- end webhooks ----------------------------------------------------------------------------------
+# --- policy engine (issue 6) -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PolicyApproval:
+    """One subject's approval of a transaction that needs N-of-M approvals."""
+
+    tx_key: str
+    sub: str
+    proof_id: str
+    rule: str
+    roles: tuple[str, ...]
+    at: float
+
+
+# --- end policy engine --------------------------------------------------------------------------
+
+
+# --- Merkle log (issue 9) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A signed tree head as stored: the C2SP note text and what it commits to."""
+
+    size: int
+    root: bytes
+    note: str
+    created_at: float
+    key_id: str  # LogKeyRecord.key_id of the signing key
+
+
+@dataclass(frozen=True, slots=True)
+class LogKeyRecord:
+    """One log signing key in the key history (raw Ed25519 public key)."""
+
+    key_id: str  # hex SHA-256 of the raw public key, first 16 bytes
+    public_key: bytes
+    created_at: float
+    rotated_from: str | None = None  # None only for the first key
+    rotation_note: str | None = None  # signed note: old key vouches for the new one
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """An audit row as a Merkle leaf: the row and the leaf hash stored with it."""
+
+    record: AuditRecord
+    leaf_hash: bytes | None
+
+
+# --- end Merkle log ---------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -247,11 +376,19 @@ class Store(Protocol):
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
         """Durably append one audit row (group-committed with concurrent callers).
 
         With ``claim_digest``, the digest is inserted into the replay table in the same
         transaction; if it is already there, nothing is written and ``replayed`` is True.
+        With ``approval``, the transition's compare-and-set runs in the same transaction;
+        if it fails, nothing is written and ``transition_failed`` is True.
+
+        With ``policy_approval`` (issue 6), the N-of-M approval row is inserted in the same
+        transaction when the row is written (``ON CONFLICT (tx_key, sub) DO NOTHING``), so
+        an accepted approval proof and its counted approval commit together or not at all.
         Returns only after the transaction has committed.
         """
         ...
@@ -341,3 +478,61 @@ class Store(Protocol):
         ...
 
     # --- end webhooks ----------------------------------------------------------------------------
+    # --- approval requests and WebAuthn registration ceremonies ------------------------------
+    async def insert_approval(self, record: ApprovalRecord) -> None: ...
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
+    async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None: ...
+    async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
+        """Pending requests whose deadline has passed (for the expiry sweeper)."""
+        ...
+
+    async def insert_registration(self, challenge: RegistrationChallenge) -> None: ...
+    async def get_registration(self, token_hash: bytes, now: float) -> RegistrationChallenge | None:
+        """The unused, unexpired ceremony for this token, without consuming it."""
+        ...
+
+    async def consume_registration(
+        self, token_hash: bytes, now: float
+    ) -> RegistrationChallenge | None:
+        """Mark the ceremony used (compare-and-set); None if unknown, used or expired."""
+        ...
+
+    # --- policy engine (issue 6) -----------------------------------------------------------------
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        """Record an approval; False (and nothing written) if this subject already approved."""
+        ...
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        """The approvals of one transaction, oldest first (read from the primary)."""
+        ...
+
+    # --- end policy engine -----------------------------------------------------------------------
+
+    # --- Merkle log (issue 9) --------------------------------------------------------------------
+    async def merkle_tree(self) -> CompactTree:
+        """The committed frontier (same transaction as the chain head: sizes always agree)."""
+        ...
+
+    async def perfect_roots(self, nodes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored hashes of complete perfect subtrees ``(level, idx)``; level 0 = leaf hash."""
+        ...
+
+    async def log_entries(self, start: int, end: int) -> list[LogEntry]:
+        """Leaves ``[start, end)`` (leaf index = seq - 1) in order, at most 1000."""
+        ...
+
+    async def save_checkpoint(self, checkpoint: CheckpointRecord) -> CheckpointRecord:
+        """Store a checkpoint unless one of that size exists; return the stored one."""
+        ...
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None: ...
+    async def get_checkpoint(self, size: int) -> CheckpointRecord | None: ...
+    async def log_key_history(self) -> list[LogKeyRecord]:
+        """Every log key, oldest first."""
+        ...
+
+    async def add_log_key(self, record: LogKeyRecord) -> bool:
+        """Record a key; False if that key id is already recorded."""
+        ...
+
+    # --- end Merkle log --------------------------------------------------------------------------

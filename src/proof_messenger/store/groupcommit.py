@@ -15,7 +15,15 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from .base import AppendResult, AuditDraft, OutboxEvent, StoreError, StoreUnavailable
+from .base import (
+    AppendResult,
+    ApprovalTransition,
+    AuditDraft,
+    OutboxEvent,
+    PolicyApproval,
+    StoreError,
+    StoreUnavailable,
+)
 
 __all__ = ["GroupCommitter", "PendingAppend", "check_draft"]
 
@@ -41,6 +49,10 @@ class PendingAppend:
     claim_digest: bytes | None
     outbox: Sequence[OutboxEvent]
     future: asyncio.Future[AppendResult] = field(repr=False)
+    # Issue 5: an approval compare-and-set run in the batch's transaction with this row.
+    approval: ApprovalTransition | None = None
+    #: Policy engine (issue 6): an N-of-M approval row written with the audit row.
+    policy_approval: PolicyApproval | None = None
 
 
 CommitFn = Callable[[list[PendingAppend]], Awaitable[list[AppendResult]]]
@@ -92,12 +104,16 @@ class GroupCommitter:
         draft: AuditDraft,
         claim_digest: bytes | None,
         outbox: Sequence[OutboxEvent],
+        approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,
     ) -> AppendResult:
         if self._closed or self._queue is None or self._task is None:
             raise StoreUnavailable("store is not open")
         check_draft(draft)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(PendingAppend(draft, claim_digest, tuple(outbox), future))
+        self._queue.put_nowait(
+            PendingAppend(draft, claim_digest, tuple(outbox), future, approval, policy_approval)
+        )
         return await future
 
     async def _run(self) -> None:

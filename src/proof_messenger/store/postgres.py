@@ -19,10 +19,17 @@ from typing import Any, TypeVar
 import asyncpg
 
 from proof_messenger.audit.chain import seal, time_to_micros
+from proof_messenger.audit.merkle import CompactTree
 
+from . import _merkle
 from ._common import (
+    APPROVAL_COLUMNS,
+    APPROVAL_SELECT,
     AUDIT_SELECT,
     ITER_CHUNK,
+    REGISTRATION_SELECT,
+    approval_from_row,
+    approval_values,
     audit_record_from_row,
     audit_row_values,
     audit_where,
@@ -30,18 +37,28 @@ from ._common import (
     decode_cursor,
     encode_cursor,
     load_migrations,
+    registration_from_row,
+    transition_args,
+    transition_sql,
 )
 from .base import (
     ApiKeyRecord,
     AppendResult,
+    ApprovalRecord,
+    ApprovalTransition,
     AuditDraft,
     AuditFilter,
     AuditPage,
     AuditRecord,
     ChainHead,
+    CheckpointRecord,
     DuplicateKey,
     KeyRecord,
+    LogEntry,
+    LogKeyRecord,
     OutboxEvent,
+    PolicyApproval,
+    RegistrationChallenge,
     StoreError,
     StoreUnavailable,
 )
@@ -84,17 +101,24 @@ _SELECT_API_KEY = "SELECT id, name, secret_hash, scopes, created_at, revoked_at 
 _INSERT_AUDIT = (
     "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
     "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
-    "context_key_id, context_ct, prev_hash, entry_hash) "
+    "context_key_id, context_ct, prev_hash, entry_hash, leaf_hash) "
     "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
     "$6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], "
     "$13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[], "
-    "$19::bytea[])"
+    "$19::bytea[], $20::bytea[])"
 )
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (event_id, event_type, payload, created_at, next_attempt_at) "
     "SELECT e, t, p, c, c FROM unnest($1::text[], $2::text[], $3::bytea[], "
     "$4::double precision[]) AS u(e, t, p, c)"
 )
+_INSERT_APPROVAL = (
+    "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
+    "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
+    "proof_id, audit_event_id, user_roles) VALUES "
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+)
+assert _INSERT_APPROVAL.count("$") == len(APPROVAL_COLUMNS)
 _CLAIM = (
     "INSERT INTO replay (digest, accepted_at, event_id) "
     "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) "
@@ -262,6 +286,8 @@ class PostgresStore:
                         continue
                     async with con.transaction():
                         await con.execute(migration.sql)
+                        if migration.name == "0002_merkle":
+                            await _rebuild_merkle(con)
                         await con.execute(
                             "INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)",
                             migration.name,
@@ -389,6 +415,25 @@ class PostgresStore:
             )
         return bool(status == "UPDATE 1")
 
+    # --- policy engine (issue 6) ----------------------------------------------------------------
+
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        async with self._conn("add_policy_approval") as con:
+            status = await con.execute(_INSERT_POLICY_APPROVAL, *_policy_approval_values(approval))
+        return bool(status == "INSERT 0 1")
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        # From the primary: a replica may lag behind the approval just written.
+        async with self._conn("list_policy_approvals") as con:
+            rows = await con.fetch(
+                "SELECT tx_key, sub, proof_id, rule, roles, at FROM policy_approvals "
+                "WHERE tx_key = $1 ORDER BY at, sub",
+                tx_key,
+            )
+        return [PolicyApproval(r[0], r[1], r[2], r[3], tuple(r[4]), float(r[5])) for r in rows]
+
+    # --- end policy engine ---------------------------------------------------------------------
+
     # --- replay + audit ------------------------------------------------------------------------
 
     async def is_claimed(self, digest: bytes) -> bool:
@@ -401,8 +446,10 @@ class PostgresStore:
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox)
+        return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         # Within the batch the first claimant of a digest wins; later ones are replays.
@@ -414,10 +461,15 @@ class PostgresStore:
                 claims.append(item)
         async with self._conn("audit append") as con, con.transaction():
             head = await con.fetchrow(
-                "SELECT seq, entry_hash FROM chain_head WHERE id = 1 FOR UPDATE"
+                "SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1 FOR UPDATE"
             )
             if head is None:
                 raise StoreUnavailable("chain head missing: database not migrated")
+            tree = CompactTree.from_bytes(bytes(head[2]))
+            if tree.size != int(head[0]):
+                raise StoreError(
+                    f"Merkle frontier has {tree.size} leaves but the chain has {head[0]} rows"
+                )
             won: set[bytes] = set()
             if claims:
                 rows = await con.fetch(
@@ -431,6 +483,7 @@ class PostgresStore:
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
             outbox_rows: list[tuple[str, str, bytes, float]] = []
+            approval_rows: list[tuple[Any, ...]] = []  # policy engine (issue 6)
             for item in batch:
                 digest = item.claim_digest
                 if digest is not None:
@@ -438,6 +491,16 @@ class PostgresStore:
                         results.append(AppendResult(record=None, replayed=True))
                         continue
                     won.discard(digest)  # a second item with this digest is a replay
+                if item.approval is not None:  # issue 5: approval CAS, atomic with this row
+                    status = await con.execute(
+                        transition_sql(item.approval, "postgres"),
+                        *transition_args(item.approval, item.draft.event_id),
+                    )
+                    if status != "UPDATE 1":
+                        if digest is not None:
+                            await con.execute("DELETE FROM replay WHERE digest = $1", digest)
+                        results.append(AppendResult(record=None, transition_failed=True))
+                        continue
                 record = seal(seq + 1, prev_hash, item.draft)
                 seq, prev_hash = record.seq, record.entry_hash
                 records.append(record)
@@ -446,17 +509,104 @@ class PostgresStore:
                     (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
                     for ev in item.outbox
                 )
+                if item.policy_approval is not None:  # policy engine (issue 6)
+                    approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
-                columns = list(zip(*(audit_row_values(r) for r in records), strict=True))
+                leaves = [_merkle.record_leaf_hash(r) for r in records]
+                columns = list(
+                    zip(
+                        *(
+                            (*audit_row_values(r), leaf)
+                            for r, leaf in zip(records, leaves, strict=True)
+                        ),
+                        strict=True,
+                    )
+                )
                 await con.execute(_INSERT_AUDIT, *(list(c) for c in columns))
+                tree, nodes = _merkle.extend_tree(tree, leaves)
+                if nodes:
+                    await con.execute(_INSERT_NODES, *(list(c) for c in zip(*nodes, strict=True)))
                 if outbox_rows:
                     await con.execute(
                         _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))
                     )
+                if approval_rows:  # policy engine (issue 6)
+                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
                 await con.execute(
-                    "UPDATE chain_head SET seq = $1, entry_hash = $2 WHERE id = 1", seq, prev_hash
+                    "UPDATE chain_head SET seq = $1, entry_hash = $2, merkle_frontier = $3 "
+                    "WHERE id = 1",
+                    seq,
+                    prev_hash,
+                    tree.to_bytes(),
                 )
         return results
+
+    # --- approvals and registration ceremonies (issue 5) ---------------------------------------
+
+    async def insert_approval(self, record: ApprovalRecord) -> None:
+        async with self._conn("insert_approval") as con:
+            await con.execute(_INSERT_APPROVAL, *approval_values(record))
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        async with self._conn("get_approval") as con:
+            row = await con.fetchrow(APPROVAL_SELECT + " WHERE id = $1", approval_id)
+        return None if row is None else approval_from_row(row)
+
+    async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
+        async with self._conn("get_approval_by_nonce") as con:
+            row = await con.fetchrow(APPROVAL_SELECT + " WHERE nonce = $1", nonce)
+        return None if row is None else approval_from_row(row)
+
+    async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
+        async with self._conn("list_due_approvals") as con:
+            rows = await con.fetch(
+                APPROVAL_SELECT
+                + " WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+                now,
+                limit,
+            )
+        return [approval_from_row(r) for r in rows]
+
+    async def insert_registration(self, challenge: RegistrationChallenge) -> None:
+        async with self._conn("insert_registration") as con, con.transaction():
+            # Ceremonies are short-lived: drop the long-expired ones as we go.
+            await con.execute(
+                "DELETE FROM webauthn_challenges WHERE expires_at < $1",
+                challenge.created_at - 3600,
+            )
+            await con.execute(
+                "INSERT INTO webauthn_challenges (token_hash, sub, challenge, options_json, "
+                "created_at, expires_at, used) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                challenge.token_hash,
+                challenge.sub,
+                challenge.challenge,
+                challenge.options_json,
+                challenge.created_at,
+                challenge.expires_at,
+                challenge.used,
+            )
+
+    async def get_registration(self, token_hash: bytes, now: float) -> RegistrationChallenge | None:
+        async with self._conn("get_registration") as con:
+            row = await con.fetchrow(
+                REGISTRATION_SELECT + " WHERE token_hash = $1 AND NOT used AND expires_at > $2",
+                token_hash,
+                now,
+            )
+        return None if row is None else registration_from_row(row)
+
+    async def consume_registration(
+        self, token_hash: bytes, now: float
+    ) -> RegistrationChallenge | None:
+        async with self._conn("consume_registration") as con:
+            row = await con.fetchrow(
+                "UPDATE webauthn_challenges SET used = true "
+                "WHERE token_hash = $1 AND NOT used AND expires_at > $2 "
+                "RETURNING token_hash, sub, challenge, options_json, created_at, expires_at, used",
+                token_hash,
+                now,
+            )
+        return None if row is None else registration_from_row(row)
 
     async def chain_head(self) -> ChainHead:
         async with self._conn("chain_head") as con:
@@ -724,3 +874,161 @@ class PostgresStore:
         return None if row is None else delivery_from_row(row)
 
     # --- end webhooks ------------------------------------------------------------------------------
+    # --- Merkle log (issue 9) ------------------------------------------------------------------
+
+    async def merkle_tree(self) -> CompactTree:
+        async with self._conn("merkle_tree") as con:
+            raw = await con.fetchval("SELECT merkle_frontier FROM chain_head WHERE id = 1")
+        if raw is None:
+            raise StoreUnavailable("chain head missing: database not migrated")
+        return CompactTree.from_bytes(bytes(raw))
+
+    async def perfect_roots(self, nodes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        wanted = list(dict.fromkeys(nodes))
+        leaves = [idx + 1 for level, idx in wanted if level == 0]
+        inner = [(level, idx) for level, idx in wanted if level > 0]
+        found: dict[tuple[int, int], bytes] = {}
+        # Primary only: a lagging replica could miss nodes of a checkpoint just signed.
+        async with self._conn("perfect_roots") as con:
+            if leaves:
+                for row in await con.fetch(
+                    "SELECT seq, leaf_hash FROM audit WHERE seq = ANY($1::bigint[])", leaves
+                ):
+                    if row[1] is not None:
+                        found[(0, int(row[0]) - 1)] = bytes(row[1])
+            if inner:
+                for row in await con.fetch(
+                    "SELECT n.level, n.idx, n.hash FROM merkle_nodes n JOIN unnest("
+                    "$1::int[], $2::bigint[]) AS w(level, idx) "
+                    "ON n.level = w.level AND n.idx = w.idx",
+                    [lv for lv, _ in inner],
+                    [ix for _, ix in inner],
+                ):
+                    found[(int(row[0]), int(row[1]))] = bytes(row[2])
+        return found
+
+    async def log_entries(self, start: int, end: int) -> list[LogEntry]:
+        if start < 0 or end < start or end - start > _MAX_LOG_ENTRIES:
+            raise ValueError(f"need 0 <= start <= end <= start + {_MAX_LOG_ENTRIES}")
+        sql = AUDIT_SELECT.replace(" FROM audit", ", leaf_hash FROM audit")
+        async with self._conn("log_entries") as con:
+            rows = await con.fetch(sql + " WHERE seq > $1 AND seq <= $2 ORDER BY seq", start, end)
+        return [
+            LogEntry(audit_record_from_row(tuple(r)[:-1]), None if r[-1] is None else bytes(r[-1]))
+            for r in rows
+        ]
+
+    async def save_checkpoint(self, checkpoint: CheckpointRecord) -> CheckpointRecord:
+        c = checkpoint
+        async with self._conn("save_checkpoint") as con, con.transaction():
+            await con.execute(
+                "INSERT INTO checkpoints (size, root, note, created_at, key_id) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size) DO NOTHING",
+                c.size,
+                c.root,
+                c.note,
+                c.created_at,
+                c.key_id,
+            )
+            row = await con.fetchrow(_SELECT_CHECKPOINT + " WHERE size = $1", c.size)
+        return _checkpoint_from_row(row)
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        async with self._conn("latest_checkpoint") as con:
+            row = await con.fetchrow(_SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1")
+        return None if row is None else _checkpoint_from_row(row)
+
+    async def get_checkpoint(self, size: int) -> CheckpointRecord | None:
+        async with self._conn("get_checkpoint") as con:
+            row = await con.fetchrow(_SELECT_CHECKPOINT + " WHERE size = $1", size)
+        return None if row is None else _checkpoint_from_row(row)
+
+    async def log_key_history(self) -> list[LogKeyRecord]:
+        async with self._conn("log_key_history") as con:
+            rows = await con.fetch(_SELECT_LOG_KEY + " ORDER BY created_at, key_id")
+        return [_log_key_from_row(r) for r in rows]
+
+    async def add_log_key(self, record: LogKeyRecord) -> bool:
+        r = record
+        async with self._conn("add_log_key") as con:
+            status = await con.execute(
+                "INSERT INTO log_keys (key_id, public_key, created_at, rotated_from, "
+                "rotation_note) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_id) DO NOTHING",
+                r.key_id,
+                r.public_key,
+                r.created_at,
+                r.rotated_from,
+                r.rotation_note,
+            )
+        return bool(status == "INSERT 0 1")
+
+    # --- end Merkle log ------------------------------------------------------------------------
+
+
+# --- Merkle log (issue 9) ----------------------------------------------------------------------
+_MAX_LOG_ENTRIES = 1000
+_INSERT_NODES = (
+    "INSERT INTO merkle_nodes (level, idx, hash) "
+    "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bytea[])"
+)
+_SELECT_CHECKPOINT = "SELECT size, root, note, created_at, key_id FROM checkpoints"
+_SELECT_LOG_KEY = "SELECT key_id, public_key, created_at, rotated_from, rotation_note FROM log_keys"
+
+
+def _checkpoint_from_row(row: Sequence[Any]) -> CheckpointRecord:
+    return CheckpointRecord(
+        size=int(row[0]), root=bytes(row[1]), note=row[2], created_at=row[3], key_id=row[4]
+    )
+
+
+def _log_key_from_row(row: Sequence[Any]) -> LogKeyRecord:
+    return LogKeyRecord(
+        key_id=row[0],
+        public_key=bytes(row[1]),
+        created_at=row[2],
+        rotated_from=row[3],
+        rotation_note=row[4],
+    )
+
+
+async def _rebuild_merkle(con: Any) -> int:
+    """Recompute leaf hashes, nodes and frontier from the rows in seq order (backfill)."""
+    await con.execute("DELETE FROM merkle_nodes")
+    tree = CompactTree()
+    last = 0
+    while True:
+        rows = await con.fetch(
+            AUDIT_SELECT + " WHERE seq > $1 ORDER BY seq LIMIT $2", last, ITER_CHUNK
+        )
+        chunk = [audit_record_from_row(r) for r in rows]
+        if not chunk:
+            break
+        leaves = [_merkle.record_leaf_hash(r) for r in chunk]
+        await con.execute(
+            "UPDATE audit SET leaf_hash = u.h FROM unnest($1::bigint[], $2::bytea[]) AS u(s, h) "
+            "WHERE audit.seq = u.s",
+            [r.seq for r in chunk],
+            leaves,
+        )
+        tree, nodes = _merkle.extend_tree(tree, leaves)
+        if nodes:
+            await con.execute(_INSERT_NODES, *(list(c) for c in zip(*nodes, strict=True)))
+        last = chunk[-1].seq
+    await con.execute("UPDATE chain_head SET merkle_frontier = $1 WHERE id = 1", tree.to_bytes())
+    return tree.size
+
+
+# --- end Merkle log ---------------------------------------------------------------------------
+
+# --- policy engine (issue 6) -------------------------------------------------------------------
+_INSERT_POLICY_APPROVAL = (
+    "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tx_key, sub) DO NOTHING"
+)
+
+
+def _policy_approval_values(a: PolicyApproval) -> tuple[Any, ...]:
+    return (a.tx_key, a.sub, a.proof_id, a.rule, list(a.roles), a.at)
+
+
+# --- end policy engine -------------------------------------------------------------------------

@@ -28,11 +28,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from proof_messenger.audit.chain import seal, time_to_micros
+from proof_messenger.audit.merkle import CompactTree
 
+from . import _merkle
 from ._common import (
+    APPROVAL_COLUMNS,
+    APPROVAL_SELECT,
     AUDIT_COLUMNS,
     AUDIT_SELECT,
     ITER_CHUNK,
+    REGISTRATION_SELECT,
+    approval_from_row,
+    approval_values,
     audit_record_from_row,
     audit_row_values,
     audit_where,
@@ -40,18 +47,28 @@ from ._common import (
     decode_cursor,
     encode_cursor,
     load_migrations,
+    registration_from_row,
+    transition_args,
+    transition_sql,
 )
 from .base import (
     ApiKeyRecord,
     AppendResult,
+    ApprovalRecord,
+    ApprovalTransition,
     AuditDraft,
     AuditFilter,
     AuditPage,
     AuditRecord,
     ChainHead,
+    CheckpointRecord,
     DuplicateKey,
     KeyRecord,
+    LogEntry,
+    LogKeyRecord,
     OutboxEvent,
+    PolicyApproval,
+    RegistrationChallenge,
     StoreError,
     StoreUnavailable,
 )
@@ -95,10 +112,10 @@ _SELECT_API_KEY = "SELECT id, name, secret_hash, scopes, created_at, revoked_at 
 _INSERT_AUDIT = (
     "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
     "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
-    "context_key_id, context_ct, prev_hash, entry_hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "context_key_id, context_ct, prev_hash, entry_hash, leaf_hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-assert _INSERT_AUDIT.count("?") == len(AUDIT_COLUMNS)
+assert _INSERT_AUDIT.count("?") == len(AUDIT_COLUMNS) + 1  # + leaf_hash
 _INSERT_KEY = (
     "INSERT INTO keys (kid, sub, alg, public_key, label, status, created_at, revoked_at, "
     "revoke_reason, sign_count, transports, attestation_format) "
@@ -108,6 +125,13 @@ _INSERT_API_KEY = (
     "INSERT INTO api_keys (id, name, secret_hash, scopes, created_at, revoked_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_APPROVAL = (
+    "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
+    "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
+    "proof_id, audit_event_id, user_roles) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+assert _INSERT_APPROVAL.count("?") == len(APPROVAL_COLUMNS)
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (event_id, event_type, payload, created_at, next_attempt_at) "
     "VALUES (?, ?, ?, ?, ?)"
@@ -140,6 +164,31 @@ def _api_key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
         created_at=row[4],
         revoked_at=row[5],
     )
+
+
+# --- Merkle log (issue 9) ----------------------------------------------------------------------
+_merkle_max_entries = 1000
+_SELECT_CHECKPOINT = "SELECT size, root, note, created_at, key_id FROM checkpoints"
+_SELECT_LOG_KEY = "SELECT key_id, public_key, created_at, rotated_from, rotation_note FROM log_keys"
+
+
+def _checkpoint_from_row(row: Sequence[Any]) -> CheckpointRecord:
+    return CheckpointRecord(
+        size=int(row[0]), root=bytes(row[1]), note=row[2], created_at=row[3], key_id=row[4]
+    )
+
+
+def _log_key_from_row(row: Sequence[Any]) -> LogKeyRecord:
+    return LogKeyRecord(
+        key_id=row[0],
+        public_key=bytes(row[1]),
+        created_at=row[2],
+        rotated_from=row[3],
+        rotation_note=row[4],
+    )
+
+
+# --- end Merkle log ---------------------------------------------------------------------------
 
 
 def _split_statements(script: str) -> list[str]:
@@ -338,6 +387,8 @@ class SQLiteStore:
                     continue
                 for statement in _split_statements(migration.sql):
                     con.execute(statement)
+                if migration.name == "0002_merkle":
+                    _rebuild_merkle_sync(con)
                 con.execute(
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
                     (migration.name, now),
@@ -478,6 +529,31 @@ class SQLiteStore:
 
         return await self._write(revoke)
 
+    # --- policy engine (issue 6) ----------------------------------------------------------------
+
+    async def add_policy_approval(self, approval: PolicyApproval) -> bool:
+        values = _policy_approval_values(approval)
+
+        def insert(con: sqlite3.Connection) -> bool:
+            return con.execute(_INSERT_POLICY_APPROVAL, values).rowcount == 1
+
+        return await self._write(insert)
+
+    async def list_policy_approvals(self, tx_key: str) -> list[PolicyApproval]:
+        rows = await self._read(
+            lambda con: con.execute(
+                "SELECT tx_key, sub, proof_id, rule, roles, at FROM policy_approvals "
+                "WHERE tx_key = ? ORDER BY at, sub",
+                (tx_key,),
+            ).fetchall()
+        )
+        return [
+            PolicyApproval(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]))
+            for r in rows
+        ]
+
+    # --- end policy engine ---------------------------------------------------------------------
+
     # --- replay + audit ------------------------------------------------------------------------
 
     async def is_claimed(self, digest: bytes) -> bool:
@@ -492,11 +568,86 @@ class SQLiteStore:
         *,
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
+        approval: ApprovalTransition | None = None,
+        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox)
+        return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         return await self._write(functools.partial(_commit_batch_sync, batch=batch))
+
+    # --- approvals and registration ceremonies (issue 5) ---------------------------------------
+
+    async def insert_approval(self, record: ApprovalRecord) -> None:
+        values = approval_values(record)
+        await self._write(lambda con: con.execute(_INSERT_APPROVAL, values))
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        row = await self._read(
+            lambda con: con.execute(APPROVAL_SELECT + " WHERE id = ?", (approval_id,)).fetchone()
+        )
+        return None if row is None else approval_from_row(row)
+
+    async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
+        row = await self._read(
+            lambda con: con.execute(APPROVAL_SELECT + " WHERE nonce = ?", (nonce,)).fetchone()
+        )
+        return None if row is None else approval_from_row(row)
+
+    async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
+        sql = APPROVAL_SELECT + (
+            " WHERE status = 'pending' AND expires_at <= ? ORDER BY expires_at LIMIT ?"
+        )
+        rows = await self._read(lambda con: con.execute(sql, (now, limit)).fetchall())
+        return [approval_from_row(r) for r in rows]
+
+    async def insert_registration(self, challenge: RegistrationChallenge) -> None:
+        values = (
+            challenge.token_hash,
+            challenge.sub,
+            challenge.challenge,
+            challenge.options_json,
+            challenge.created_at,
+            challenge.expires_at,
+            int(challenge.used),
+        )
+
+        def insert(con: sqlite3.Connection) -> None:
+            # Ceremonies are short-lived: drop the long-expired ones while we hold the lock.
+            con.execute(
+                "DELETE FROM webauthn_challenges WHERE expires_at < ?",
+                (challenge.created_at - 3600,),
+            )
+            con.execute(
+                "INSERT INTO webauthn_challenges (token_hash, sub, challenge, options_json, "
+                "created_at, expires_at, used) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+        await self._write(insert)
+
+    async def get_registration(self, token_hash: bytes, now: float) -> RegistrationChallenge | None:
+        sql = REGISTRATION_SELECT + " WHERE token_hash = ? AND used = 0 AND expires_at > ?"
+        row = await self._read(lambda con: con.execute(sql, (token_hash, now)).fetchone())
+        return None if row is None else registration_from_row(row)
+
+    async def consume_registration(
+        self, token_hash: bytes, now: float
+    ) -> RegistrationChallenge | None:
+        def consume(con: sqlite3.Connection) -> Any:
+            cur = con.execute(
+                "UPDATE webauthn_challenges SET used = 1 "
+                "WHERE token_hash = ? AND used = 0 AND expires_at > ?",
+                (token_hash, now),
+            )
+            if cur.rowcount != 1:
+                return None
+            return con.execute(
+                REGISTRATION_SELECT + " WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+
+        row = await self._write(consume)
+        return None if row is None else registration_from_row(row)
 
     async def chain_head(self) -> ChainHead:
         row = await self._read(
@@ -777,14 +928,111 @@ class SQLiteStore:
         return None if row is None else delivery_from_row(row)
 
     # --- end webhooks ------------------------------------------------------------------------------
+    # --- Merkle log (issue 9) ------------------------------------------------------------------
+
+    async def merkle_tree(self) -> CompactTree:
+        row = await self._read(
+            lambda con: con.execute(
+                "SELECT merkle_frontier FROM chain_head WHERE id = 1"
+            ).fetchone()
+        )
+        if row is None:
+            raise StoreUnavailable("chain head missing: database not migrated")
+        return CompactTree.from_bytes(bytes(row[0]))
+
+    async def perfect_roots(self, nodes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        wanted = list(dict.fromkeys(nodes))
+
+        def query(con: sqlite3.Connection) -> dict[tuple[int, int], bytes]:
+            found: dict[tuple[int, int], bytes] = {}
+            for level, idx in wanted:
+                if level == 0:
+                    row = con.execute(
+                        "SELECT leaf_hash FROM audit WHERE seq = ?", (idx + 1,)
+                    ).fetchone()
+                else:
+                    row = con.execute(
+                        "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, idx)
+                    ).fetchone()
+                if row is not None and row[0] is not None:
+                    found[(level, idx)] = bytes(row[0])
+            return found
+
+        return await self._read(query)
+
+    async def log_entries(self, start: int, end: int) -> list[LogEntry]:
+        if start < 0 or end < start or end - start > _merkle_max_entries:
+            raise ValueError(f"need 0 <= start <= end <= start + {_merkle_max_entries}")
+        sql = AUDIT_SELECT.replace(" FROM audit", ", leaf_hash FROM audit")
+        rows = await self._read(
+            lambda con: con.execute(
+                sql + " WHERE seq > ? AND seq <= ? ORDER BY seq", (start, end)
+            ).fetchall()
+        )
+        return [
+            LogEntry(audit_record_from_row(r[:-1]), None if r[-1] is None else bytes(r[-1]))
+            for r in rows
+        ]
+
+    async def save_checkpoint(self, checkpoint: CheckpointRecord) -> CheckpointRecord:
+        c = checkpoint
+
+        def save(con: sqlite3.Connection) -> Any:
+            con.execute(
+                "INSERT INTO checkpoints (size, root, note, created_at, key_id) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (size) DO NOTHING",
+                (c.size, c.root, c.note, c.created_at, c.key_id),
+            )
+            return con.execute(_SELECT_CHECKPOINT + " WHERE size = ?", (c.size,)).fetchone()
+
+        return _checkpoint_from_row(await self._write(save))
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        row = await self._read(
+            lambda con: con.execute(_SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1").fetchone()
+        )
+        return None if row is None else _checkpoint_from_row(row)
+
+    async def get_checkpoint(self, size: int) -> CheckpointRecord | None:
+        row = await self._read(
+            lambda con: con.execute(_SELECT_CHECKPOINT + " WHERE size = ?", (size,)).fetchone()
+        )
+        return None if row is None else _checkpoint_from_row(row)
+
+    async def log_key_history(self) -> list[LogKeyRecord]:
+        rows = await self._read(
+            lambda con: con.execute(_SELECT_LOG_KEY + " ORDER BY created_at, key_id").fetchall()
+        )
+        return [_log_key_from_row(r) for r in rows]
+
+    async def add_log_key(self, record: LogKeyRecord) -> bool:
+        r = record
+
+        def add(con: sqlite3.Connection) -> bool:
+            cur = con.execute(
+                "INSERT INTO log_keys (key_id, public_key, created_at, rotated_from, "
+                "rotation_note) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+                (r.key_id, r.public_key, r.created_at, r.rotated_from, r.rotation_note),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(add)
+
+    # --- end Merkle log ------------------------------------------------------------------------
 
 
 def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> list[AppendResult]:
     """One group-commit batch inside the caller's BEGIN IMMEDIATE transaction."""
-    head = con.execute("SELECT seq, entry_hash FROM chain_head WHERE id = 1").fetchone()
+    head = con.execute(
+        "SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1"
+    ).fetchone()
     if head is None:
         raise StoreUnavailable("chain head missing: database not migrated")
     seq, prev_hash = int(head[0]), bytes(head[1])
+    tree = CompactTree.from_bytes(bytes(head[2]))
+    if tree.size != seq:
+        raise StoreError(f"Merkle frontier has {tree.size} leaves but the chain has {seq} rows")
+    leaves: list[bytes] = []
     results: list[AppendResult] = []
     for item in batch:
         draft = item.draft
@@ -797,18 +1045,74 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
             if cur.rowcount != 1:
                 results.append(AppendResult(record=None, replayed=True))
                 continue
+        if item.approval is not None:  # issue 5: approval CAS, atomic with this row
+            cur = con.execute(
+                transition_sql(item.approval, "sqlite"),
+                transition_args(item.approval, draft.event_id),
+            )
+            if cur.rowcount != 1:
+                if item.claim_digest is not None:
+                    con.execute("DELETE FROM replay WHERE digest = ?", (item.claim_digest,))
+                results.append(AppendResult(record=None, transition_failed=True))
+                continue
         record = seal(seq + 1, prev_hash, draft)
-        con.execute(_INSERT_AUDIT, audit_row_values(record))
+        leaf = _merkle.record_leaf_hash(record)
+        leaves.append(leaf)
+        con.execute(_INSERT_AUDIT, (*audit_row_values(record), leaf))
         for event in item.outbox:
             con.execute(
                 _INSERT_OUTBOX,
                 (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
             )
+        if item.policy_approval is not None:  # policy engine (issue 6)
+            con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
         results.append(AppendResult(record=record))
-    con.execute("UPDATE chain_head SET seq = ?, entry_hash = ? WHERE id = 1", (seq, prev_hash))
+    tree, nodes = _merkle.extend_tree(tree, leaves)
+    if nodes:
+        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+    con.execute(
+        "UPDATE chain_head SET seq = ?, entry_hash = ?, merkle_frontier = ? WHERE id = 1",
+        (seq, prev_hash, tree.to_bytes()),
+    )
     return results
+
+
+def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
+    """Recompute leaf hashes, nodes and frontier from the rows in seq order (backfill)."""
+    con.execute("DELETE FROM merkle_nodes")
+    tree = CompactTree()
+    last = 0
+    while True:
+        rows = con.execute(AUDIT_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (last, ITER_CHUNK))
+        chunk = [audit_record_from_row(r) for r in rows.fetchall()]
+        if not chunk:
+            break
+        leaves = [_merkle.record_leaf_hash(r) for r in chunk]
+        con.executemany(
+            "UPDATE audit SET leaf_hash = ? WHERE seq = ?",
+            [(leaf, r.seq) for leaf, r in zip(leaves, chunk, strict=True)],
+        )
+        tree, nodes = _merkle.extend_tree(tree, leaves)
+        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        last = chunk[-1].seq
+    con.execute("UPDATE chain_head SET merkle_frontier = ? WHERE id = 1", (tree.to_bytes(),))
+    return tree.size
 
 
 def _fetch_chunk(con: sqlite3.Connection, sql: str, start: int) -> list[Any]:
     return con.execute(sql, (start, ITER_CHUNK)).fetchall()
+
+
+# --- policy engine (issue 6) -------------------------------------------------------------------
+_INSERT_POLICY_APPROVAL = (
+    "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tx_key, sub) DO NOTHING"
+)
+
+
+def _policy_approval_values(a: PolicyApproval) -> tuple[Any, ...]:
+    return (a.tx_key, a.sub, a.proof_id, a.rule, json.dumps(list(a.roles)), a.at)
+
+
+# --- end policy engine -------------------------------------------------------------------------

@@ -43,6 +43,7 @@ def _observe(state: RelayState, outcome: Outcome, started: float) -> None:
 async def verify(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "verify")
+    identity = await state.user_identity(request)
     started = time.perf_counter()
     cbor = is_cbor(request)
     body = await read_body(
@@ -53,6 +54,7 @@ async def verify(request: Request) -> Response:
             body,
             cbor=cbor,
             client=state.client(request),
+            identity=identity,
             require_user_verification=request.query_params.get("require_user_verification")
             == "true",
         )
@@ -71,6 +73,7 @@ async def verify(request: Request) -> Response:
 async def verify_batch(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "verify")
+    identity = await state.user_identity(request)
     limits = state.settings.limits
     cbor = is_cbor(request)
     raw = await read_body(request, limits.max_body_bytes * 4, limits.request_timeout_seconds)
@@ -100,7 +103,7 @@ async def verify_batch(request: Request) -> Response:
             exc = MalformedProof("each batch entry must be a proof envelope object")
             outcome = await state.service.reject_unparsed(exc, client)
         else:
-            outcome = await state.service.verify(item, cbor=cbor, client=client)
+            outcome = await state.service.verify(item, cbor=cbor, client=client, identity=identity)
         _observe(state, outcome, started)
         if outcome.accepted:
             return outcome.body

@@ -1,0 +1,38 @@
+-- Verifiable audit log (RFC 6962 Merkle tree over the audit chain). Keep in step with
+-- postgres/0002_merkle.sql. Rows that exist before this migration are backfilled in Python
+-- (store/_merkle.py) in the same transaction.
+
+-- SHA-256(0x00 || entry_bytes(seq, row)): the Merkle leaf of row seq (leaf index seq - 1).
+ALTER TABLE audit ADD COLUMN leaf_hash BLOB;
+
+-- CompactTree.to_bytes() of the tree over every committed row: 8-byte size, then the
+-- O(log n) perfect-subtree roots. Updated in the same transaction as chain_head.seq.
+ALTER TABLE chain_head ADD COLUMN merkle_frontier BLOB NOT NULL DEFAULT x'0000000000000000';
+
+-- Roots of complete perfect subtrees, level >= 1 (level 0 is audit.leaf_hash):
+-- node (level, idx) covers leaves [idx << level, (idx + 1) << level). Never updated.
+CREATE TABLE merkle_nodes (
+    level INTEGER NOT NULL CHECK (level >= 1),
+    idx   INTEGER NOT NULL CHECK (idx >= 0),
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+
+-- Signed tree heads (C2SP signed notes), one per tree size.
+CREATE TABLE checkpoints (
+    size       INTEGER PRIMARY KEY CHECK (size >= 0),
+    root       BLOB NOT NULL,
+    note       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    key_id     TEXT NOT NULL
+);
+
+-- Every log signing key ever used; a key after the first needs a rotation note signed
+-- by the key it replaces (rotated_from).
+CREATE TABLE log_keys (
+    key_id        TEXT PRIMARY KEY,
+    public_key    BLOB NOT NULL,  -- raw 32-byte Ed25519 public key
+    created_at    REAL NOT NULL,
+    rotated_from  TEXT REFERENCES log_keys (key_id),
+    rotation_note TEXT
+);
