@@ -319,34 +319,68 @@ def test_killed_relay_delivers_undelivered_events_after_restart(
 def test_approval_events_flow_through_the_generic_outbox_hook(
     tmp_path: Path, relays: list[Relay]
 ) -> None:
+    from proof_messenger.protocol import Intent, b64u_decode, sign_intent
+
     rx = Receiver()
+    events = ["approval.created", "approval.approved", "approval.declined", "proof.verified"]
     try:
-        relay = Relay(tmp_path, webhook_config(rx.url, ["approval.declined"]))
+        relay = Relay(tmp_path, webhook_config(rx.url, events))
         relays.append(relay)
         key = relay.api_key()
         relay.start()
         device = Device("erin")
         device.register(relay.url, key)
-        created = httpx.post(
-            relay.url + "/approvals",
-            json={"sub": "erin", "context": PAYMENT, "ttl_seconds": 120},
-            headers=auth(key),
-            timeout=30,
-        )
-        if created.status_code == 404:
-            pytest.skip("this relay build has no approvals API yet")
-        assert created.status_code == 201, created.text
-        approval_id = created.json()["id"]
+
+        def request_approval() -> str:
+            created = httpx.post(
+                relay.url + "/approvals",
+                json={"sub": "erin", "context": PAYMENT, "ttl_seconds": 120},
+                headers=auth(key),
+                timeout=30,
+            )
+            if created.status_code == 404:
+                pytest.skip("this relay build has no approvals API yet")
+            assert created.status_code == 201, created.text
+            return str(created.json()["id"])
+
+        declined_id = request_approval()
         declined = httpx.post(
-            f"{relay.url}/approvals/{approval_id}/decline",
+            f"{relay.url}/approvals/{declined_id}/decline",
             json={"reason": "not me"},
             headers=auth(key),
             timeout=30,
         )
         assert declined.status_code == 200, declined.text
-        (got,) = wait_until(lambda: rx.accepted(), what="approval.declined delivery")
-        verify_signature(SECRET, got.headers, got.body)
-        assert got.json()["type"] == "approval.declined"
-        assert got.json()["data"]["approval_id"] == approval_id
+
+        approved_id = request_approval()
+        approval = httpx.get(f"{relay.url}/approvals/{approved_id}", headers=auth(key), timeout=30)
+        intent = Intent.from_bytes(b64u_decode(approval.json()["intent"]))
+        proof = sign_intent(device.key, intent).to_json_dict()
+        answer = verify(relay, key, proof)
+        assert answer.status_code == 200, answer.text
+
+        def by_type() -> dict[str, list[Any]]:
+            seen: dict[str, list[Any]] = {}
+            for r in rx.accepted():
+                seen.setdefault(r.json()["type"], []).append(r)
+            return seen
+
+        wait_until(lambda: set(by_type()) == set(events), what="every approval event")
+        got = by_type()
+        for r in rx.accepted():
+            verify_signature(SECRET, r.headers, r.body)
+        assert sorted(r.json()["data"]["approval_id"] for r in got["approval.created"]) == sorted(
+            [declined_id, approved_id]
+        )
+        assert [r.json()["data"]["approval_id"] for r in got["approval.declined"]] == [declined_id]
+        (approved,) = got["approval.approved"]
+        (verified,) = got["proof.verified"]
+        assert approved.json()["data"]["approval_id"] == approved_id
+        assert approved.json()["data"]["proof_id"] == answer.json()["proof_id"]
+        # One audit row, two event types: two distinct delivery ids.
+        assert (
+            approved.json()["data"]["audit_event_id"] == verified.json()["data"]["audit_event_id"]
+        )
+        assert approved.delivery_id != verified.delivery_id
     finally:
         rx.close()

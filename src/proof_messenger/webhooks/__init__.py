@@ -30,4 +30,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "approval.declined",
     "approval.expired",
     "key.revoked",
+    # Also emitted by the relay (beyond the list): a new approval request, and a
+    # passkey registered through the WebAuthn ceremony.
+    "approval.created",
+    "webauthn.registered",
 )
