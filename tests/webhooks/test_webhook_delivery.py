@@ -19,8 +19,8 @@ FAST = {
     "poll_interval_seconds": 0.05,
     "retry_base_seconds": 0.05,
     "retry_cap_seconds": 0.2,
-    "lease_seconds": 5,
-    "timeout_seconds": 1,
+    "lease_seconds": 8,
+    "timeout_seconds": 4,  # generous: a slow CI machine must not turn a 200 into a retry
 }
 
 
