@@ -7,6 +7,7 @@ import binascii
 import functools
 import importlib.resources
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,7 +21,10 @@ from .base import (
     AuditFilter,
     AuditRecord,
     AuditStatus,
+    DeliveryTask,
     RegistrationChallenge,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 
 MAX_PAGE = 1000
@@ -157,6 +161,119 @@ def audit_where(
     return where, params
 
 
+# --- webhooks (issue 6, branch webhooks) -----------------------------------------------------------
+#: Namespace of delivery ids (uuid5): the same (event, type, subscription) always gets the
+#: same id, on every instance and after every restart, so receivers can deduplicate by it.
+WEBHOOK_DELIVERY_NAMESPACE = uuid.UUID("8d1f4e8a-5b0c-4f57-9a43-3c2f6b1d7e21")
+DELIVERY_COLUMNS = (
+    "d.id, d.outbox_id, d.subscription_id, d.event_type, o.event_id, d.status, d.attempts, "
+    "d.created_at, d.window_start, d.next_attempt_at, d.delivered_at, d.last_status, "
+    "d.last_error"
+)
+DELIVERY_FROM = " FROM webhook_deliveries d JOIN outbox o ON o.id = d.outbox_id"
+TASK_COLUMNS = DELIVERY_COLUMNS + ", s.url, s.secret_key_id, s.secret_ct, o.payload, o.created_at"
+TASK_FROM = DELIVERY_FROM + " JOIN webhook_subscriptions s ON s.id = d.subscription_id"
+SUBSCRIPTION_COLUMNS = "id, url, events, secret_key_id, secret_ct, source, created_at, deleted_at"
+SUBSCRIPTION_SELECT = (
+    "SELECT id, url, events, secret_key_id, secret_ct, source, created_at, deleted_at "
+    "FROM webhook_subscriptions"
+)
+MAX_WEBHOOK_ERROR = 500
+
+
+def webhook_delivery_id(event_id: str, event_type: str, subscription_id: str) -> str:
+    return str(
+        uuid.uuid5(WEBHOOK_DELIVERY_NAMESPACE, f"{event_id}\n{event_type}\n{subscription_id}")
+    )
+
+
+def subscription_from_row(row: Sequence[Any]) -> WebhookSubscription:
+    return WebhookSubscription(
+        id=row[0],
+        url=row[1],
+        events=tuple(json.loads(row[2])),
+        secret_key_id=row[3],
+        secret_ct=bytes(row[4]),
+        source=row[5],
+        created_at=float(row[6]),
+        deleted_at=None if row[7] is None else float(row[7]),
+    )
+
+
+def subscription_values(sub: WebhookSubscription) -> tuple[Any, ...]:
+    """Parameters in SUBSCRIPTION_COLUMNS order."""
+    return (
+        sub.id,
+        sub.url,
+        json.dumps(list(sub.events)),
+        sub.secret_key_id,
+        sub.secret_ct,
+        sub.source,
+        sub.created_at,
+        sub.deleted_at,
+    )
+
+
+def delivery_from_row(row: Sequence[Any]) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row[0],
+        outbox_id=int(row[1]),
+        subscription_id=row[2],
+        event_type=row[3],
+        event_id=row[4],
+        status=row[5],
+        attempts=int(row[6]),
+        created_at=float(row[7]),
+        window_start=float(row[8]),
+        next_attempt_at=float(row[9]),
+        delivered_at=None if row[10] is None else float(row[10]),
+        last_status=row[11],
+        last_error=row[12],
+    )
+
+
+def task_from_row(row: Sequence[Any]) -> DeliveryTask:
+    return DeliveryTask(
+        delivery=delivery_from_row(row[:13]),
+        url=row[13],
+        secret_key_id=row[14],
+        secret_ct=bytes(row[15]),
+        payload=bytes(row[16]),
+        event_created_at=float(row[17]),
+    )
+
+
+def matching_subscriptions(
+    subs: Sequence[WebhookSubscription], event_type: str, created_at: float
+) -> list[WebhookSubscription]:
+    """Live subscriptions that want the event and existed when it happened."""
+    return [
+        s
+        for s in subs
+        if s.deleted_at is None and event_type in s.events and s.created_at <= created_at
+    ]
+
+
+def encode_delivery_cursor(created_at: float, delivery_id: str) -> str:
+    raw = json.dumps([created_at, delivery_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_delivery_cursor(cursor: str) -> tuple[float, str]:
+    """(created_at, id) of the last row of the previous page; ValueError if not ours."""
+    if len(cursor) > 200:
+        raise ValueError("invalid cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, delivery_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise ValueError("invalid cursor") from None
+    if not isinstance(created_at, int | float) or not isinstance(delivery_id, str):
+        raise ValueError("invalid cursor")
+    return float(created_at), delivery_id
+
+
+# --- end webhooks ----------------------------------------------------------------------------------
 # --- approvals (issue 5) ---------------------------------------------------------------------
 APPROVAL_COLUMNS: tuple[str, ...] = (
     "id",

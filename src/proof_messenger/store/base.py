@@ -41,6 +41,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
 ]
+__all__ += ["DeliveryPage", "DeliveryTask", "WebhookDelivery", "WebhookSubscription"]  # webhooks
 
 KeyStatus = Literal["active", "revoked"]
 AuditStatus = Literal["accepted", "rejected", "info"]
@@ -227,6 +228,62 @@ class AuditPage:
     next_cursor: str | None = None
 
 
+# --- webhooks (issue 6, branch webhooks) -------------------------------------------------------
+DeliveryStatus = Literal["pending", "delivered", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSubscription:
+    """A receiver URL and the events it wants; the secret is stored encrypted only."""
+
+    id: str
+    url: str
+    events: tuple[str, ...]
+    secret_key_id: str  # master key that encrypted the secret
+    secret_ct: bytes  # nonce || AES-256-GCM(secret), associated data = the subscription id
+    source: Literal["api", "config"]
+    created_at: float
+    deleted_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One outbox event for one subscription; ``id`` is stable across retries."""
+
+    id: str
+    outbox_id: int
+    subscription_id: str
+    event_type: str
+    event_id: str  # the audit event the outbox row belongs to
+    status: DeliveryStatus
+    attempts: int
+    created_at: float
+    window_start: float  # give-up clock starts here: creation, or the last replay
+    next_attempt_at: float
+    delivered_at: float | None = None
+    last_status: int | None = None  # HTTP status of the last attempt (None: no response)
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTask:
+    """A leased delivery with everything needed to send it."""
+
+    delivery: WebhookDelivery
+    url: str
+    secret_key_id: str
+    secret_ct: bytes
+    payload: bytes  # the outbox JSON payload ("data" of the body)
+    event_created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    deliveries: list[WebhookDelivery] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+# --- end webhooks ----------------------------------------------------------------------------------
 # --- policy engine (issue 6) -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PolicyApproval:
@@ -349,6 +406,78 @@ class Store(Protocol):
         """The committed chain head (added by the store work: ``audit verify`` needs it)."""
         ...
 
+    # --- webhooks (issue 6, branch webhooks) -----------------------------------------------------
+    async def upsert_webhook_subscription(self, sub: WebhookSubscription) -> None:
+        """Insert, or update url/events/secret of an existing id (keeps created_at; undeletes)."""
+        ...
+
+    async def insert_webhook_subscription(self, sub: WebhookSubscription) -> None:
+        """Insert; :class:`DuplicateKey` if the id exists (even deleted)."""
+        ...
+
+    async def get_webhook_subscription(self, sub_id: str) -> WebhookSubscription | None:
+        """The subscription unless unknown or deleted."""
+        ...
+
+    async def list_webhook_subscriptions(self) -> list[WebhookSubscription]: ...
+    async def delete_webhook_subscription(self, sub_id: str, at: float) -> bool:
+        """Soft delete (its deliveries stay for history but are no longer attempted)."""
+        ...
+
+    async def fan_out_outbox(self, now: float, limit: int) -> int:
+        """Expand up to ``limit`` pending outbox rows into one delivery per matching live
+        subscription created at or before the event, and mark the rows handed over
+        (outbox status ``delivered``). Idempotent and safe across instances; returns the
+        number of outbox rows expanded."""
+        ...
+
+    async def claim_due_deliveries(
+        self, now: float, limit: int, lease_seconds: float, worker_id: str
+    ) -> list[DeliveryTask]:
+        """Lease due pending deliveries to ``worker_id`` until ``now + lease_seconds``;
+        a lease that runs out (crashed worker) makes the delivery claimable again."""
+        ...
+
+    async def mark_delivered(
+        self, delivery_id: str, worker_id: str, at: float, status_code: int
+    ) -> bool:
+        """Record a successful attempt; False if the lease was lost."""
+        ...
+
+    async def mark_failed(
+        self,
+        delivery_id: str,
+        worker_id: str,
+        next_attempt_at: float,
+        error: str,
+        status_code: int | None,
+    ) -> bool:
+        """Record a failed attempt and schedule the next one; False if the lease was lost."""
+        ...
+
+    async def mark_dead(
+        self, delivery_id: str, worker_id: str, error: str, status_code: int | None
+    ) -> bool:
+        """Record a failed attempt and give up (dead letter); False if the lease was lost."""
+        ...
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
+    async def list_deliveries(
+        self,
+        subscription_id: str,
+        status: str | None,
+        limit: int,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        """Newest first; ValueError for a bad cursor or limit."""
+        ...
+
+    async def replay_delivery(self, delivery_id: str, now: float) -> WebhookDelivery | None:
+        """Make a dead (or delivered) delivery pending again, due now, with a fresh give-up
+        window; a pending one is returned unchanged. None if unknown."""
+        ...
+
+    # --- end webhooks ----------------------------------------------------------------------------
     # --- approval requests and WebAuthn registration ceremonies ------------------------------
     async def insert_approval(self, record: ApprovalRecord) -> None: ...
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...

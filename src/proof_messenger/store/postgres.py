@@ -64,6 +64,27 @@ from .base import (
 )
 from .groupcommit import GroupCommitter, PendingAppend
 
+# isort: split
+# webhooks (issue 6)
+from ._common import (
+    DELIVERY_COLUMNS,
+    DELIVERY_FROM,
+    MAX_WEBHOOK_ERROR,
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTION_SELECT,
+    TASK_COLUMNS,
+    TASK_FROM,
+    decode_delivery_cursor,
+    delivery_from_row,
+    encode_delivery_cursor,
+    matching_subscriptions,
+    subscription_from_row,
+    subscription_values,
+    task_from_row,
+    webhook_delivery_id,
+)
+from .base import DeliveryPage, DeliveryTask, WebhookDelivery, WebhookSubscription
+
 __all__ = ["PostgresStore"]
 
 T = TypeVar("T")
@@ -637,6 +658,222 @@ class PostgresStore:
         """Rows in the chain, from the chain head (O(1); ``verify_chain`` checks it)."""
         return (await self.chain_head()).seq
 
+    # --- webhooks (issue 6, branch webhooks) -------------------------------------------------------
+
+    async def upsert_webhook_subscription(self, sub: WebhookSubscription) -> None:
+        async with self._conn("upsert_webhook_subscription") as con:
+            await con.execute(
+                "INSERT INTO webhook_subscriptions (" + SUBSCRIPTION_COLUMNS + ") "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET "
+                "url = excluded.url, events = excluded.events, "
+                "secret_key_id = excluded.secret_key_id, secret_ct = excluded.secret_ct, "
+                "source = excluded.source, deleted_at = NULL",
+                *subscription_values(sub),
+            )
+
+    async def insert_webhook_subscription(self, sub: WebhookSubscription) -> None:
+        try:
+            async with self._conn("insert_webhook_subscription") as con:
+                await con.execute(
+                    "INSERT INTO webhook_subscriptions (" + SUBSCRIPTION_COLUMNS + ") "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    *subscription_values(sub),
+                )
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise DuplicateKey(f"webhook subscription {sub.id!r} already exists") from exc
+
+    async def get_webhook_subscription(self, sub_id: str) -> WebhookSubscription | None:
+        async with self._conn("get_webhook_subscription") as con:
+            row = await con.fetchrow(
+                SUBSCRIPTION_SELECT + " WHERE id = $1 AND deleted_at IS NULL",
+                sub_id,
+            )
+        return None if row is None else subscription_from_row(row)
+
+    async def list_webhook_subscriptions(self) -> list[WebhookSubscription]:
+        async with self._conn("list_webhook_subscriptions") as con:
+            rows = await con.fetch(
+                SUBSCRIPTION_SELECT + " WHERE deleted_at IS NULL ORDER BY created_at, id"
+            )
+        return [subscription_from_row(r) for r in rows]
+
+    async def delete_webhook_subscription(self, sub_id: str, at: float) -> bool:
+        async with self._conn("delete_webhook_subscription") as con:
+            status = await con.execute(
+                "UPDATE webhook_subscriptions SET deleted_at = $1 "
+                "WHERE id = $2 AND deleted_at IS NULL",
+                at,
+                sub_id,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def fan_out_outbox(self, now: float, limit: int) -> int:
+        async with self._conn("fan_out_outbox") as con, con.transaction():
+            # SKIP LOCKED: instances expand disjoint sets of rows instead of queueing.
+            rows = await con.fetch(
+                "SELECT id, event_id, event_type, created_at FROM outbox "
+                "WHERE status = 'pending' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                limit,
+            )
+            if not rows:
+                return 0
+            subs = [
+                subscription_from_row(r)
+                for r in await con.fetch(SUBSCRIPTION_SELECT + " WHERE deleted_at IS NULL")
+            ]
+            deliveries = [
+                (webhook_delivery_id(r[1], r[2], sub.id), r[0], sub.id, r[2])
+                for r in rows
+                for sub in matching_subscriptions(subs, r[2], float(r[3]))
+            ]
+            if deliveries:
+                await con.executemany(
+                    "INSERT INTO webhook_deliveries (id, outbox_id, subscription_id, "
+                    "event_type, created_at, window_start, next_attempt_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $5, $5) ON CONFLICT DO NOTHING",
+                    [(*d, now) for d in deliveries],
+                )
+            await con.execute(
+                "UPDATE outbox SET status = 'delivered', delivered_at = $1 "
+                "WHERE id = ANY($2::bigint[])",
+                now,
+                [r[0] for r in rows],
+            )
+        return len(rows)
+
+    async def claim_due_deliveries(
+        self, now: float, limit: int, lease_seconds: float, worker_id: str
+    ) -> list[DeliveryTask]:
+        async with self._conn("claim_due_deliveries") as con, con.transaction():
+            ids = await con.fetch(
+                "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 "
+                "WHERE id IN (SELECT d.id FROM webhook_deliveries d "
+                "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+                "WHERE d.status = 'pending' AND d.next_attempt_at <= $3 "
+                "AND (d.lease_until IS NULL OR d.lease_until < $3) AND s.deleted_at IS NULL "
+                "ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) "
+                "RETURNING id",
+                worker_id,
+                now + lease_seconds,
+                now,
+                limit,
+            )
+            if not ids:
+                return []
+            rows = await con.fetch(
+                "SELECT " + TASK_COLUMNS + TASK_FROM + " WHERE d.id = ANY($1::text[]) "
+                "ORDER BY d.next_attempt_at",
+                [r[0] for r in ids],
+            )
+        return [task_from_row(r) for r in rows]
+
+    async def _leased_update(self, what: str, sql: str, *params: Any) -> bool:
+        async with self._conn(what) as con:
+            status = await con.execute(sql, *params)
+        return bool(status == "UPDATE 1")
+
+    async def mark_delivered(
+        self, delivery_id: str, worker_id: str, at: float, status_code: int
+    ) -> bool:
+        return await self._leased_update(
+            "mark_delivered",
+            "UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, "
+            "delivered_at = $1, last_status = $2, last_error = NULL, lease_owner = NULL, "
+            "lease_until = NULL WHERE id = $3 AND lease_owner = $4 AND status = 'pending'",
+            at,
+            status_code,
+            delivery_id,
+            worker_id,
+        )
+
+    async def mark_failed(
+        self,
+        delivery_id: str,
+        worker_id: str,
+        next_attempt_at: float,
+        error: str,
+        status_code: int | None,
+    ) -> bool:
+        return await self._leased_update(
+            "mark_failed",
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $1, "
+            "last_status = $2, last_error = $3, lease_owner = NULL, lease_until = NULL "
+            "WHERE id = $4 AND lease_owner = $5 AND status = 'pending'",
+            next_attempt_at,
+            status_code,
+            error[:MAX_WEBHOOK_ERROR],
+            delivery_id,
+            worker_id,
+        )
+
+    async def mark_dead(
+        self, delivery_id: str, worker_id: str, error: str, status_code: int | None
+    ) -> bool:
+        return await self._leased_update(
+            "mark_dead",
+            "UPDATE webhook_deliveries SET status = 'dead', attempts = attempts + 1, "
+            "last_status = $1, last_error = $2, lease_owner = NULL, lease_until = NULL "
+            "WHERE id = $3 AND lease_owner = $4 AND status = 'pending'",
+            status_code,
+            error[:MAX_WEBHOOK_ERROR],
+            delivery_id,
+            worker_id,
+        )
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        async with self._conn("get_delivery") as con:
+            row = await con.fetchrow(
+                "SELECT " + DELIVERY_COLUMNS + DELIVERY_FROM + " WHERE d.id = $1", delivery_id
+            )
+        return None if row is None else delivery_from_row(row)
+
+    async def list_deliveries(
+        self,
+        subscription_id: str,
+        status: str | None,
+        limit: int,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        check_limit(limit)
+        sql = "SELECT " + DELIVERY_COLUMNS + DELIVERY_FROM + " WHERE d.subscription_id = $1"
+        params: list[Any] = [subscription_id]
+        if status is not None:
+            params.append(status)
+            sql += f" AND d.status = ${len(params)}"
+        if cursor is not None:
+            created_at, last_id = decode_delivery_cursor(cursor)
+            params += [created_at, last_id]
+            a, b = len(params) - 1, len(params)
+            sql += f" AND (d.created_at < ${a} OR (d.created_at = ${a} AND d.id < ${b}))"
+        params.append(limit + 1)
+        sql += f" ORDER BY d.created_at DESC, d.id DESC LIMIT ${len(params)}"
+        async with self._conn("list_deliveries") as con:
+            rows = await con.fetch(sql, *params)
+        deliveries = [delivery_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        last = deliveries[-1] if deliveries else None
+        return DeliveryPage(
+            deliveries=deliveries,
+            next_cursor=encode_delivery_cursor(last.created_at, last.id) if more and last else None,
+        )
+
+    async def replay_delivery(self, delivery_id: str, now: float) -> WebhookDelivery | None:
+        async with self._conn("replay_delivery") as con, con.transaction():
+            await con.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, "
+                "window_start = $1, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = $2 AND status IN ('dead', 'delivered')",
+                now,
+                delivery_id,
+            )
+            row = await con.fetchrow(
+                "SELECT " + DELIVERY_COLUMNS + DELIVERY_FROM + " WHERE d.id = $1", delivery_id
+            )
+        return None if row is None else delivery_from_row(row)
+
+    # --- end webhooks ------------------------------------------------------------------------------
     # --- Merkle log (issue 9) ------------------------------------------------------------------
 
     async def merkle_tree(self) -> CompactTree:

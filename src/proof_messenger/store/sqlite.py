@@ -74,6 +74,27 @@ from .base import (
 )
 from .groupcommit import GroupCommitter, PendingAppend
 
+# isort: split
+# webhooks (issue 6)
+from ._common import (
+    DELIVERY_COLUMNS,
+    DELIVERY_FROM,
+    MAX_WEBHOOK_ERROR,
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTION_SELECT,
+    TASK_COLUMNS,
+    TASK_FROM,
+    decode_delivery_cursor,
+    delivery_from_row,
+    encode_delivery_cursor,
+    matching_subscriptions,
+    subscription_from_row,
+    subscription_values,
+    task_from_row,
+    webhook_delivery_id,
+)
+from .base import DeliveryPage, DeliveryTask, WebhookDelivery, WebhookSubscription
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
@@ -676,6 +697,238 @@ class SQLiteStore:
         """Rows in the chain, from the chain head (O(1); ``verify_chain`` checks it)."""
         return (await self.chain_head()).seq
 
+    # --- webhooks (issue 6, branch webhooks) -------------------------------------------------------
+
+    async def upsert_webhook_subscription(self, sub: WebhookSubscription) -> None:
+        values = subscription_values(sub)
+
+        def upsert(con: sqlite3.Connection) -> None:
+            con.execute(
+                "INSERT INTO webhook_subscriptions (" + SUBSCRIPTION_COLUMNS + ") "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "url = excluded.url, events = excluded.events, "
+                "secret_key_id = excluded.secret_key_id, secret_ct = excluded.secret_ct, "
+                "source = excluded.source, deleted_at = NULL",
+                values,
+            )
+
+        await self._write(upsert)
+
+    async def insert_webhook_subscription(self, sub: WebhookSubscription) -> None:
+        values = subscription_values(sub)
+
+        def insert(con: sqlite3.Connection) -> None:
+            con.execute(
+                "INSERT INTO webhook_subscriptions (" + SUBSCRIPTION_COLUMNS + ") "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+        try:
+            await self._write(insert)
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise DuplicateKey(f"webhook subscription {sub.id!r} already exists") from exc
+
+    async def get_webhook_subscription(self, sub_id: str) -> WebhookSubscription | None:
+        row = await self._read(
+            lambda con: con.execute(
+                SUBSCRIPTION_SELECT + " WHERE id = ? AND deleted_at IS NULL",
+                (sub_id,),
+            ).fetchone()
+        )
+        return None if row is None else subscription_from_row(row)
+
+    async def list_webhook_subscriptions(self) -> list[WebhookSubscription]:
+        rows = await self._read(
+            lambda con: con.execute(
+                SUBSCRIPTION_SELECT + " WHERE deleted_at IS NULL ORDER BY created_at, id"
+            ).fetchall()
+        )
+        return [subscription_from_row(r) for r in rows]
+
+    async def delete_webhook_subscription(self, sub_id: str, at: float) -> bool:
+        def delete(con: sqlite3.Connection) -> bool:
+            cur = con.execute(
+                "UPDATE webhook_subscriptions SET deleted_at = ? "
+                "WHERE id = ? AND deleted_at IS NULL",
+                (at, sub_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(delete)
+
+    async def fan_out_outbox(self, now: float, limit: int) -> int:
+        # An idle worker must not take the write lock (and delay audit commits) every poll.
+        pending = await self._read(
+            lambda con: con.execute(
+                "SELECT 1 FROM outbox WHERE status = 'pending' LIMIT 1"
+            ).fetchone()
+        )
+        if pending is None:
+            return 0
+
+        def fan_out(con: sqlite3.Connection) -> int:
+            rows = con.execute(
+                "SELECT id, event_id, event_type, created_at FROM outbox "
+                "WHERE status = 'pending' ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            if not rows:
+                return 0
+            subs = [
+                subscription_from_row(r)
+                for r in con.execute(SUBSCRIPTION_SELECT + " WHERE deleted_at IS NULL")
+            ]
+            for outbox_id, event_id, event_type, created_at in rows:
+                for sub in matching_subscriptions(subs, event_type, created_at):
+                    con.execute(
+                        "INSERT INTO webhook_deliveries (id, outbox_id, subscription_id, "
+                        "event_type, created_at, window_start, next_attempt_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (
+                            webhook_delivery_id(event_id, event_type, sub.id),
+                            outbox_id,
+                            sub.id,
+                            event_type,
+                            now,
+                            now,
+                            now,
+                        ),
+                    )
+            con.executemany(
+                "UPDATE outbox SET status = 'delivered', delivered_at = ? WHERE id = ?",
+                [(now, r[0]) for r in rows],
+            )
+            return len(rows)
+
+        return await self._write(fan_out)
+
+    async def claim_due_deliveries(
+        self, now: float, limit: int, lease_seconds: float, worker_id: str
+    ) -> list[DeliveryTask]:
+        due = await self._read(
+            lambda con: con.execute(
+                "SELECT 1 FROM webhook_deliveries d JOIN webhook_subscriptions s "
+                "ON s.id = d.subscription_id WHERE d.status = 'pending' "
+                "AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?) "
+                "AND s.deleted_at IS NULL LIMIT 1",
+                (now, now),
+            ).fetchone()
+        )
+        if due is None:
+            return []
+
+        def claim(con: sqlite3.Connection) -> list[Any]:
+            # BEGIN IMMEDIATE holds the write lock: no other process claims the same rows.
+            rows = con.execute(
+                "SELECT " + TASK_COLUMNS + TASK_FROM + " WHERE d.status = 'pending' "
+                "AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?) "
+                "AND s.deleted_at IS NULL ORDER BY d.next_attempt_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            con.executemany(
+                "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                [(worker_id, now + lease_seconds, r[0]) for r in rows],
+            )
+            return rows
+
+        return [task_from_row(r) for r in await self._write(claim)]
+
+    async def _leased_update(self, sql: str, params: tuple[Any, ...]) -> bool:
+        def update(con: sqlite3.Connection) -> bool:
+            return con.execute(sql, params).rowcount == 1
+
+        return await self._write(update)
+
+    async def mark_delivered(
+        self, delivery_id: str, worker_id: str, at: float, status_code: int
+    ) -> bool:
+        return await self._leased_update(
+            "UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, "
+            "delivered_at = ?, last_status = ?, last_error = NULL, lease_owner = NULL, "
+            "lease_until = NULL WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            (at, status_code, delivery_id, worker_id),
+        )
+
+    async def mark_failed(
+        self,
+        delivery_id: str,
+        worker_id: str,
+        next_attempt_at: float,
+        error: str,
+        status_code: int | None,
+    ) -> bool:
+        return await self._leased_update(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?, "
+            "last_status = ?, last_error = ?, lease_owner = NULL, lease_until = NULL "
+            "WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            (next_attempt_at, status_code, error[:MAX_WEBHOOK_ERROR], delivery_id, worker_id),
+        )
+
+    async def mark_dead(
+        self, delivery_id: str, worker_id: str, error: str, status_code: int | None
+    ) -> bool:
+        return await self._leased_update(
+            "UPDATE webhook_deliveries SET status = 'dead', attempts = attempts + 1, "
+            "last_status = ?, last_error = ?, lease_owner = NULL, lease_until = NULL "
+            "WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            (status_code, error[:MAX_WEBHOOK_ERROR], delivery_id, worker_id),
+        )
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        row = await self._read(
+            lambda con: con.execute(
+                "SELECT " + DELIVERY_COLUMNS + DELIVERY_FROM + " WHERE d.id = ?", (delivery_id,)
+            ).fetchone()
+        )
+        return None if row is None else delivery_from_row(row)
+
+    async def list_deliveries(
+        self,
+        subscription_id: str,
+        status: str | None,
+        limit: int,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        check_limit(limit)
+        sql = "SELECT " + DELIVERY_COLUMNS + DELIVERY_FROM + " WHERE d.subscription_id = ?"
+        params: list[Any] = [subscription_id]
+        if status is not None:
+            sql += " AND d.status = ?"
+            params.append(status)
+        if cursor is not None:
+            created_at, last_id = decode_delivery_cursor(cursor)
+            sql += " AND (d.created_at < ? OR (d.created_at = ? AND d.id < ?))"
+            params += [created_at, created_at, last_id]
+        sql += " ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = await self._read(lambda con: con.execute(sql, params).fetchall())
+        deliveries = [delivery_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        last = deliveries[-1] if deliveries else None
+        return DeliveryPage(
+            deliveries=deliveries,
+            next_cursor=encode_delivery_cursor(last.created_at, last.id) if more and last else None,
+        )
+
+    async def replay_delivery(self, delivery_id: str, now: float) -> WebhookDelivery | None:
+        def replay(con: sqlite3.Connection) -> Any:
+            con.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, "
+                "window_start = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND status IN ('dead', 'delivered')",
+                (now, now, delivery_id),
+            )
+            return con.execute(
+                "SELECT " + DELIVERY_COLUMNS + DELIVERY_FROM + " WHERE d.id = ?", (delivery_id,)
+            ).fetchone()
+
+        row = await self._write(replay)
+        return None if row is None else delivery_from_row(row)
+
+    # --- end webhooks ------------------------------------------------------------------------------
     # --- Merkle log (issue 9) ------------------------------------------------------------------
 
     async def merkle_tree(self) -> CompactTree:
