@@ -290,6 +290,9 @@ class Load:
     exhausted: bool
     errors: dict[str, int] = field(default_factory=dict)
     first_bad: str = ""
+    #: 1-minute load average after the run: above the core count, other processes
+    #: shared the CPU with the relay and wrk and the figures are pessimistic.
+    loadavg_after: float = 0.0
 
 
 def wrk(
@@ -361,6 +364,7 @@ def wrk(
         exhausted=bool(doc["exhausted"]),
         errors={k: v for k, v in doc["errors"].items() if v},
         first_bad=doc["first_bad"],
+        loadavg_after=round(os.getloadavg()[0], 2),
     )
 
 
@@ -597,6 +601,7 @@ def machine() -> dict[str, Any]:
     )
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "nproc": os.cpu_count(),
         "cpu": model,
         "ram_gb": round(mem_gb, 1),
@@ -615,19 +620,22 @@ def fmt(x: float | None, digits: int = 1) -> str:
 
 def table(runs: list[RelayRun]) -> str:
     rows = [
-        "| configuration | proofs/s | p50 ms | p95 ms | p99 ms | CPU µs/req | RSS MB/worker | start-up s | all 200/valid |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| configuration | proofs/s | p50 ms | p95 ms | p99 ms | CPU µs/req | RSS MB/worker | start-up s | all 200/valid | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in runs:
         for label, load in (("", r.closed), (" — steady", r.paced), (" — /verify/batch", r.batch)):
             if load is None:
                 continue
+            if label == " — steady":
+                label = f" — steady {load.requests_per_s:,.0f}/s"
             rows.append(
                 f"| {r.name}{label} ({load.connections} conns) | {fmt(load.proofs_per_s, 0)} | "
                 f"{fmt(load.p50_ms, 2)} | {fmt(load.p95_ms, 2)} | {fmt(load.p99_ms, 2)} | "
                 f"{fmt(load.cpu_us_per_request, 0)} | "
                 f"{'/'.join(fmt(x, 0) for x in r.rss_mb_per_worker)} | {r.startup_s:.2f} | "
-                f"{'yes' if load.bad == 0 and not load.errors else 'NO'} ({load.good:,}) |"
+                f"{'yes' if load.bad == 0 and not load.errors else 'NO'} ({load.good:,}) | "
+                f"{load.loadavg_after:.1f} |"
             )
     return "\n".join(rows)
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -147,6 +149,7 @@ class SQLiteStore:
         self._readers: ThreadPoolExecutor | None = None
         self._read_threads = max(1, read_threads)
         self._write_con: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._read_cons: list[sqlite3.Connection] = []
         self._read_lock = threading.Lock()
         self._local = threading.local()
@@ -191,6 +194,9 @@ class SQLiteStore:
             self._write_con = None
         for con in cons:
             con.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(
@@ -232,17 +238,52 @@ class SQLiteStore:
 
     def _write_txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         con = self._writer_con()
-        con.execute("BEGIN IMMEDIATE")
+        locked = self._take_write_turn()
         try:
-            result = fn(con)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                # If even ROLLBACK fails the next BEGIN will say so; nothing is kept.
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
-            raise
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(con)
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    # If even ROLLBACK fails the next BEGIN will say so; nothing is kept.
+                    with contextlib.suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                raise
+        finally:
+            if locked and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         return result
+
+    def _take_write_turn(self) -> bool:
+        """Queue for the write lock on ``<db>-writelock`` before asking SQLite for it.
+
+        When several relay processes share the file, a writer that finds SQLite's lock
+        taken sleeps in SQLite's busy handler for 1, 2, 5, 10... ms, far longer than a
+        commit lasts, so one process starves the others (measured: two workers slower
+        than one, p50 36 ms). Waiting here polls every 50-500 µs instead. It is only a
+        queue: ``BEGIN IMMEDIATE`` still takes SQLite's own lock (with ``busy_timeout``),
+        so processes that do not use this file (older relays, the sqlite3 shell) stay
+        safe. After ``busy_timeout`` we stop waiting and let SQLite decide.
+        """
+        if self._memory:
+            return False
+        if self._lock_fd is None:
+            try:
+                self._lock_fd = os.open(f"{self.path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                return False  # e.g. a read-only directory: SQLite's locking alone still works
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.0005)
 
     async def _run(self, executor: ThreadPoolExecutor | None, fn: Callable[[], T]) -> T:
         if executor is None:

@@ -1,6 +1,6 @@
 """Profile the relay under load: py-spy samples one worker while wrk drives /verify.
 
-    PYTHONPATH=src python bench/profile.py [--seconds 10] [--top 40]
+    PYTHONPATH=src python bench/profile_relay.py [--seconds 10] [--top 40]
 
 Prints the functions with the largest inclusive and self share of samples (collapsed
 stacks are written to bench/results/profile-*.txt, loadable in speedscope). Needs
