@@ -96,6 +96,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK  # minus idle and iowait
+
+
+def children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE / 2**20
@@ -293,6 +307,11 @@ class Load:
     #: 1-minute load average after the run: above the core count, other processes
     #: shared the CPU with the relay and wrk and the figures are pessimistic.
     loadavg_after: float = 0.0
+    #: Where the machine's CPU went during the run, in cores (from /proc/stat and
+    #: rusage): the relay (or bare app), wrk, and everything else on the machine.
+    server_cores: float = 0.0
+    wrk_cores: float = 0.0
+    other_cores: float = 0.0
 
 
 def wrk(
@@ -337,9 +356,9 @@ def wrk(
         str(batch_size),
     ]
     pids = server.all_pids()
-    cpu0 = cpu_seconds(pids)
+    cpu0, busy0, kids0 = cpu_seconds(pids), busy_seconds(), children_cpu()
     out = subprocess.run(cmd, capture_output=True, timeout=duration + 60, check=True)
-    cpu1 = cpu_seconds(pids)
+    cpu1, busy1, kids1 = cpu_seconds(pids), busy_seconds(), children_cpu()
     for t in range(threads):
         Path(f"{prefix}.{t}").unlink()
     line = next((ln for ln in out.stdout.decode().splitlines() if ln.startswith("WRK_JSON ")), None)
@@ -347,6 +366,9 @@ def wrk(
         raise RuntimeError(f"wrk gave no summary: {out.stdout.decode()} {out.stderr.decode()}")
     doc = json.loads(line.removeprefix("WRK_JSON "))
     seconds = doc["duration_us"] / 1e6
+    server_cores = (cpu1 - cpu0) / seconds
+    wrk_cores = (kids1 - kids0) / seconds
+    busy_cores = (busy1 - busy0) / seconds
     lat = doc["latency_us"]
     good = doc["good"]
     return Load(
@@ -365,6 +387,9 @@ def wrk(
         errors={k: v for k, v in doc["errors"].items() if v},
         first_bad=doc["first_bad"],
         loadavg_after=round(os.getloadavg()[0], 2),
+        server_cores=round(server_cores, 2),
+        wrk_cores=round(wrk_cores, 2),
+        other_cores=round(max(0.0, busy_cores - server_cores - wrk_cores), 2),
     )
 
 
@@ -630,8 +655,8 @@ def fmt(x: float | None, digits: int = 1) -> str:
 
 def table(runs: list[RelayRun]) -> str:
     rows = [
-        "| configuration | proofs/s | p50 ms | p95 ms | p99 ms | CPU µs/req | RSS MB/worker | start-up s | all 200/valid | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| configuration | proofs/s | p50 ms | p95 ms | p99 ms | CPU µs/req | RSS MB/worker | start-up s | all 200/valid | cores: server / wrk / others |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in runs:
         loads = (
@@ -651,7 +676,7 @@ def table(runs: list[RelayRun]) -> str:
                 f"{fmt(load.cpu_us_per_request, 0)} | "
                 f"{'/'.join(fmt(x, 0) for x in r.rss_mb_per_worker)} | {r.startup_s:.2f} | "
                 f"{'yes' if load.bad == 0 and not load.errors else 'NO'} ({load.good:,}) | "
-                f"{load.loadavg_after:.1f} |"
+                f"{load.server_cores:.2f} / {load.wrk_cores:.2f} / {load.other_cores:.2f} |"
             )
     return "\n".join(rows)
 
