@@ -99,10 +99,17 @@ def _in_model(value: Any, depth: int) -> bool:
         return True
     if t is int:
         return bool(_INT_MIN <= value <= _INT_MAX)
+    # plain loops: generator expressions here cost more than the checks themselves
     if t is list:
-        return all(_in_model(v, depth + 1) for v in value)
+        for v in value:  # noqa: SIM110
+            if not _in_model(v, depth + 1):
+                return False
+        return True
     if t is dict:
-        return all(type(k) is str and _in_model(v, depth + 1) for k, v in value.items())
+        for k, v in value.items():
+            if type(k) is not str or not _in_model(v, depth + 1):
+                return False
+        return True
     return False
 
 

@@ -20,7 +20,14 @@ from typing import Any
 from . import cbor
 from .errors import InvalidContext
 
-__all__ = ["DEFAULT_LIMITS", "TYPE_PATTERN", "ContextLimits", "to_plain", "validate_context"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "TYPE_PATTERN",
+    "ContextLimits",
+    "check_context",
+    "to_plain",
+    "validate_context",
+]
 
 TYPE_PATTERN = re.compile(r"[a-z0-9_.\-]{1,64}")
 _INT_MIN = -(2**63)
@@ -48,6 +55,34 @@ def validate_context(ctx: Any, limits: ContextLimits = DEFAULT_LIMITS) -> bytes:
     Raises :class:`InvalidContext` whose message starts with the path of the
     offending value, e.g. ``ctx.recipient.iban: floats are not allowed``.
     """
+    check_context(ctx, limits)
+    encoded = cbor.encode(to_plain(ctx))
+    _check_size(len(encoded), limits)
+    return encoded
+
+
+def check_context(
+    ctx: Any, limits: ContextLimits = DEFAULT_LIMITS, *, encoded_size_at_most: int | None = None
+) -> None:
+    """Check ``ctx`` against §1 without keeping its encoding.
+
+    ``encoded_size_at_most`` is a known upper bound on the size of its deterministic
+    encoding (a context decoded from N bytes of deterministic CBOR encodes in fewer than
+    N); when it is within the limit, the context is not re-encoded just to be measured.
+    """
+    _check_shape(ctx, limits)
+    if encoded_size_at_most is None or encoded_size_at_most > limits.max_bytes:
+        _check_size(len(cbor.encode(to_plain(ctx))), limits)
+
+
+def _check_size(size: int, limits: ContextLimits) -> None:
+    if size > limits.max_bytes:
+        raise InvalidContext(
+            f"ctx: encoded size {size} bytes exceeds the limit of {limits.max_bytes}"
+        )
+
+
+def _check_shape(ctx: Any, limits: ContextLimits) -> None:
     if not isinstance(ctx, Mapping):
         raise InvalidContext(f"ctx: must be a map, not {_kind(ctx)}")
     _check(ctx, "ctx", 1, limits.max_depth)
@@ -56,15 +91,20 @@ def validate_context(ctx: Any, limits: ContextLimits = DEFAULT_LIMITS) -> bytes:
         raise InvalidContext("ctx.type: required key is missing")
     if not isinstance(kind, str) or TYPE_PATTERN.fullmatch(kind) is None:
         raise InvalidContext("ctx.type: must be 1-64 characters of [a-z0-9_.-]")
-    encoded = cbor.encode(to_plain(ctx))
-    if len(encoded) > limits.max_bytes:
-        raise InvalidContext(
-            f"ctx: encoded size {len(encoded)} bytes exceeds the limit of {limits.max_bytes}"
-        )
-    return encoded
 
 
 def _check(value: Any, path: str, depth: int, max_depth: int) -> None:
+    # Exact leaf types first: an ABC isinstance check costs more than the rule itself.
+    t = type(value)
+    if t is str:
+        _check_text(value, path)
+        return
+    if t is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidContext(f"{path}: integer outside [-2^63, 2^63-1]")
+        return
+    if t is bool or value is None:
+        return
     if isinstance(value, Mapping):
         if depth > max_depth:
             raise InvalidContext(f"{path}: nesting deeper than {max_depth}")

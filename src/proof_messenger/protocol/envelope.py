@@ -90,13 +90,14 @@ class Proof:
             if len(data) > limits.max_envelope_bytes:
                 raise MalformedProof("envelope exceeds the size limit")
             try:
-                data = json.loads(
-                    data,
-                    parse_float=_no_float,
-                    parse_constant=_no_constant,
-                    object_pairs_hook=_unique_keys,
+                # exactly what json.loads does with bytes
+                text = (
+                    data.decode(json.detect_encoding(data), "surrogatepass")
+                    if isinstance(data, bytes)
+                    else data
                 )
-            except (ValueError, RecursionError) as exc:
+                data = _DECODER.decode(text)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
                 raise MalformedProof(f"envelope is not valid JSON: {_short(exc)}") from exc
         return cls._from_map(data, text_bytes=True, limits=limits)
 
@@ -220,6 +221,12 @@ def _no_float(text: str) -> Any:
 
 def _no_constant(text: str) -> Any:
     raise ValueError(f"{text} is not allowed")
+
+
+#: Built once: json.loads with hooks builds a new decoder on every call.
+_DECODER = json.JSONDecoder(
+    parse_float=_no_float, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+)
 
 
 def _short(exc: Exception) -> str:

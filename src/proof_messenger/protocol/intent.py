@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import cbor
-from .context import DEFAULT_LIMITS, ContextLimits, to_plain, validate_context
+from .context import DEFAULT_LIMITS, ContextLimits, check_context, to_plain
 from .encoding import b64u_encode
 from .errors import MalformedIntent, UnsupportedVersion
 
@@ -35,6 +36,7 @@ NONCE_MIN, NONCE_MAX = 16, 64
 MAX_AUD_CHARS = 253
 MAX_SUB_CHARS = 256
 _UINT_MAX = 2**63 - 1
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def signed_bytes(intent_bytes: bytes) -> bytes:
@@ -94,6 +96,9 @@ class Intent:
 
     def validate(self, limits: ContextLimits = DEFAULT_LIMITS) -> None:
         """Raise the protocol error for the first rule of §1-§2 this intent breaks."""
+        self._validate(limits, None)
+
+    def _validate(self, limits: ContextLimits, encoded_size: int | None) -> None:
         if type(self.v) is not int:
             raise MalformedIntent("v: must be an unsigned integer")
         if self.v != PROTOCOL_VERSION:
@@ -108,7 +113,8 @@ class Intent:
             raise MalformedIntent("nonce: must be a byte string")
         if not NONCE_MIN <= len(self.nonce) <= NONCE_MAX:
             raise MalformedIntent(f"nonce: must be {NONCE_MIN}-{NONCE_MAX} bytes")
-        validate_context(self.ctx, limits)
+        # Decoded from deterministic bytes, the context's own encoding is a part of them.
+        check_context(self.ctx, limits, encoded_size_at_most=encoded_size)
 
     def to_map(self) -> dict[str, Any]:
         return {
@@ -163,7 +169,7 @@ class Intent:
             nonce=value["nonce"],
             _encoded=bytes(data),
         )
-        intent.validate(limits)
+        intent._validate(limits, len(data))
         return intent
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -178,7 +184,7 @@ def _text(name: str, value: Any, max_chars: int) -> None:
         raise MalformedIntent(f"{name}: must be a text string")
     if not 1 <= len(value) <= max_chars:
         raise MalformedIntent(f"{name}: must be 1-{max_chars} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _CONTROL.search(value) is not None:
         raise MalformedIntent(f"{name}: control characters are not allowed")
     if not value.isascii():
         try:

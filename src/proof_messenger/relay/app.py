@@ -7,9 +7,9 @@ a queue per request on the hot path). Every error leaves as RFC 9457 problem+jso
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -261,7 +261,7 @@ class RequestContextMiddleware:
                     request_id = candidate
                 break
         if not request_id:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()  # as random as uuid4().hex, at a fraction of the cost
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500

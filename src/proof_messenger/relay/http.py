@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from .problems import HTTPProblem
 
-__all__ = ["decode_model", "is_cbor", "query_int", "query_one", "read_body", "wants_cbor"]
+__all__ = [
+    "decode_model",
+    "is_cbor",
+    "query_int",
+    "query_one",
+    "read_body",
+    "resource",
+    "wants_cbor",
+]
 
 T = TypeVar("T")
 CBOR = "application/cbor"
@@ -113,3 +124,21 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise HTTPProblem(400, "invalid_request", "Invalid query", f"{name} must be {low}-{high}")
     return value
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def resource(path: str, **handlers: Endpoint) -> Route:
+    """One route for all methods of a path (``resource("/keys", GET=..., POST=...)``).
+
+    Starlette answers 405 per route, so separate routes for one path would each list only
+    their own method in ``Allow``; one route dispatching on the method lists them all.
+    """
+    by_method = {method.upper(): handler for method, handler in handlers.items()}
+
+    async def endpoint(request: Request) -> Response:
+        return await by_method[request.method](request)
+
+    endpoint.__name__ = "_".join(h.__name__ for h in by_method.values())
+    return Route(path, endpoint, methods=list(by_method))

@@ -35,7 +35,7 @@ from ..client.receipts import key_id_of
 from ..store import _merkle
 from ..store.base import CheckpointRecord, LogKeyRecord, Store
 from .config import ConfigError, Settings
-from .http import query_int, query_one
+from .http import query_int, query_one, resource
 from .openapi import register_paths
 from .problems import HTTPProblem, json_response
 from .state import RelayState, relay_state
@@ -394,13 +394,8 @@ async def entries(request: Request) -> Response:
     )
 
 
-async def _checkpoint(request: Request) -> Response:
-    return await (post_checkpoint if request.method == "POST" else get_checkpoint)(request)
-
-
 routes = [
-    # One route per path, so a 405 lists both methods in Allow.
-    Route("/log/checkpoint", _checkpoint, methods=["GET", "POST"]),
+    resource("/log/checkpoint", GET=get_checkpoint, POST=post_checkpoint),
     Route("/log/public-key", public_key, methods=["GET"]),
     Route("/log/proof/inclusion", inclusion_proof, methods=["GET"]),
     Route("/log/proof/consistency", consistency_proof, methods=["GET"]),

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import msgspec
 import structlog
 
 __all__ = ["configure_logging"]
+
+
+def _fallback(value: Any) -> str:
+    return repr(value)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_fallback)
+
+
+def _to_json(event: Any, **_: Any) -> bytes:
+    """msgspec instead of json.dumps: a third of the cost of each log line on /verify."""
+    return _encoder.encode(event)
 
 
 def configure_logging(level: str = "info") -> None:
@@ -26,10 +40,11 @@ def configure_logging(level: str = "info") -> None:
         processors=[
             *shared,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_to_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # Bytes straight to the buffer (one write + flush per line, as before).
+        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)

@@ -215,7 +215,13 @@ class VerificationService:
                 raise WebAuthnSignCount(
                     "sign count moved concurrently: possible cloned authenticator"
                 )
-            if await self.store.is_claimed(parsed.digest):
+            # The claim in store.append decides replays atomically; this early look only
+            # matters when hooks (approvals, policy) would otherwise run for a replay.
+            # Without hooks a replay gets the same answer and audit row from the claim,
+            # and /verify saves a database read.
+            if (
+                self.approvals is not None or self.policy is not None
+            ) and await self.store.is_claimed(parsed.digest):
                 raise Replayed("this proof was already accepted")
             binding = await self.approvals.check(verified) if self.approvals else None
             policy_result = None

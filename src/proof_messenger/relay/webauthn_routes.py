@@ -44,7 +44,7 @@ from webauthn.helpers.structs import (
 
 from ..protocol import ALG_WEBAUTHN_ES256, b64u_decode, b64u_encode
 from ..store.base import DuplicateKey, KeyRecord, RegistrationChallenge
-from .http import decode_model, read_body
+from .http import decode_model, read_body, resource
 from .openapi import register_paths
 from .problems import HTTPProblem, json_response
 from .routes.keys import _check_sub, key_view
@@ -259,15 +259,10 @@ def _spki_from_cose(cose_key: bytes) -> bytes:
     )
 
 
-async def _options(request: Request) -> Response:
-    return await (register_options if request.method == "POST" else page_options)(request)
-
-
 def install(state: RelayState) -> list[Route]:
     register_paths(OPENAPI_PATHS)
     return [
-        # One route per path, so a 405 lists both methods in Allow.
-        Route("/webauthn/register/options", _options, methods=["GET", "POST"]),
+        resource("/webauthn/register/options", GET=page_options, POST=register_options),
         Route("/webauthn/register/verify", register_verify, methods=["POST"]),
     ]
 

@@ -33,7 +33,7 @@ from ..webhooks.config import (
     parse_webhook_settings,
 )
 from ..webhooks.worker import DeliveryWorker
-from .http import decode_model, query_int, read_body
+from .http import decode_model, query_int, read_body, resource
 from .openapi import register_paths
 from .problems import HTTPProblem, json_response
 from .service import iso
@@ -156,10 +156,8 @@ def install(state: RelayState) -> list[Route]:
     state.features["webhooks"] = {"settings": settings, "worker": worker}
     register_paths(OPENAPI_PATHS, OPENAPI_SCHEMAS)
     return [
-        Route("/webhooks", create_webhook, methods=["POST"]),
-        Route("/webhooks", list_webhooks, methods=["GET"]),
-        Route("/webhooks/{id}", get_webhook, methods=["GET"]),
-        Route("/webhooks/{id}", delete_webhook, methods=["DELETE"]),
+        resource("/webhooks", GET=list_webhooks, POST=create_webhook),
+        resource("/webhooks/{id}", GET=get_webhook, DELETE=delete_webhook),
         Route("/webhooks/{id}/secret", rotate_secret, methods=["POST"]),
         Route("/webhooks/{id}/deliveries", list_deliveries, methods=["GET"]),
         Route("/webhooks/{id}/deliveries/{delivery_id}/replay", replay_delivery, methods=["POST"]),
@@ -367,8 +365,17 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
                 "minItems": 1,
                 "items": {"type": "string", "enum": list(EVENT_TYPES)},
             },
-            "secret": {"type": "string", "minLength": MIN_SECRET_BYTES, "maxLength": 256},
-            "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            "secret": {
+                "type": ["string", "null"],
+                "minLength": MIN_SECRET_BYTES,
+                "maxLength": 256,
+                "description": "absent or null: a secret is generated",
+            },
+            "id": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Za-z0-9._-]{1,64}$",
+                "description": "absent or null: an id is generated",
+            },
         },
     },
     "Webhook": {
@@ -433,7 +440,9 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "201": _json("Webhook", "Created (with the secret, shown only now)"),
                 "400": _problem("Invalid URL, events or secret"),
+                "408": _problem("The body did not arrive in time"),
                 "409": _problem("A webhook with this id exists"),
+                "413": _problem("Body too large"),
                 **_AUTH,
             },
         },
@@ -486,9 +495,10 @@ OPENAPI_PATHS: dict[str, Any] = {
                             "additionalProperties": False,
                             "properties": {
                                 "secret": {
-                                    "type": "string",
+                                    "type": ["string", "null"],
                                     "minLength": MIN_SECRET_BYTES,
                                     "maxLength": 256,
+                                    "description": "absent or null: a new secret is generated",
                                 }
                             },
                         }
@@ -498,6 +508,8 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("Webhook", "The subscription with its new secret (shown once)"),
                 "400": _problem("Invalid secret, or a config-defined subscription"),
+                "408": _problem("The body did not arrive in time"),
+                "413": _problem("Body too large"),
                 **_AUTH,
                 "404": _problem("No such webhook"),
             },

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -223,9 +224,9 @@ class SQLiteStore:
         self._readers: ThreadPoolExecutor | None = None
         self._read_threads = max(1, read_threads)
         self._write_con: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._read_cons: list[sqlite3.Connection] = []
         self._read_lock = threading.Lock()
-        self._lock_fd: int | None = None
         self._local = threading.local()
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
 
@@ -263,6 +264,7 @@ class SQLiteStore:
             await asyncio.to_thread(readers.shutdown)
         with self._read_lock:
             cons, self._read_cons = self._read_cons, []
+            self._local = threading.local()  # a reopened store must not reuse closed ones
         if self._write_con is not None:
             cons.append(self._write_con)
             self._write_con = None
@@ -370,6 +372,24 @@ class SQLiteStore:
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._readers, lambda: fn(self._reader_con()))
 
+    async def _lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A primary-key read, run right here on the event loop's thread.
+
+        Such a read takes a few microseconds from the page cache, while a hop to a reader
+        thread and back costs far more (executor queue, GIL hand-over, loop wake-up): it
+        was the largest single cost of /verify, which does three of them. WAL readers never
+        wait for the writer, so this does not block the loop behind a commit. Scans
+        (lists, iteration) still go to the reader threads.
+        """
+        if self._memory:
+            return await self._read(fn)
+        if self._readers is None:
+            raise StoreUnavailable("store is not open")
+        try:
+            return fn(self._reader_con())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
+
     # --- migrations ----------------------------------------------------------------------------
 
     async def migrate(self) -> list[str]:
@@ -445,7 +465,7 @@ class SQLiteStore:
             raise DuplicateKey(f"key {record.kid!r} is already registered") from exc
 
     async def get_key(self, kid: str) -> KeyRecord | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda con: con.execute(_SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
         )
         return None if row is None else _key_from_row(row)
@@ -507,7 +527,7 @@ class SQLiteStore:
             raise DuplicateKey(f"API key {record.id!r} already exists") from exc
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda con: con.execute(_SELECT_API_KEY + " WHERE id = ?", (key_id,)).fetchone()
         )
         return None if row is None else _api_key_from_row(row)
@@ -558,7 +578,7 @@ class SQLiteStore:
     # --- replay + audit ------------------------------------------------------------------------
 
     async def is_claimed(self, digest: bytes) -> bool:
-        row = await self._read(
+        row = await self._lookup(
             lambda con: con.execute("SELECT 1 FROM replay WHERE digest = ?", (digest,)).fetchone()
         )
         return row is not None
@@ -661,7 +681,7 @@ class SQLiteStore:
         return ChainHead(seq=int(row[0]), entry_hash=bytes(row[1]))
 
     async def get_audit(self, event_id: str) -> AuditRecord | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda con: con.execute(AUDIT_SELECT + " WHERE event_id = ?", (event_id,)).fetchone()
         )
         return None if row is None else audit_record_from_row(row)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ...protocol import ALG_ES256, b64u_decode, kid_for
 from ...protocol.keys import KeyFormatError, load_public_key_der
 from ...store.base import DuplicateKey, KeyRecord
-from ..http import decode_model, query_one, read_body
+from ..http import decode_model, query_one, read_body, resource
 from ..problems import HTTPProblem, json_response
 from ..service import iso
 from ..state import relay_state
@@ -150,16 +149,7 @@ async def revoke_key(request: Request) -> Response:
     return json_response(key_view(record))
 
 
-async def _keys(request: Request) -> Response:
-    return await (register_key if request.method == "POST" else list_keys)(request)
-
-
-async def _key(request: Request) -> Response:
-    return await (revoke_key if request.method == "DELETE" else get_key)(request)
-
-
 routes = [
-    # One route per path, so a 405 lists every method of the resource in Allow.
-    Route("/keys", _keys, methods=["GET", "POST"]),
-    Route("/keys/{kid}", _key, methods=["GET", "DELETE"]),
+    resource("/keys", GET=list_keys, POST=register_key),
+    resource("/keys/{kid}", GET=get_key, DELETE=revoke_key),
 ]

@@ -1,0 +1,114 @@
+"""Profile the relay under load: py-spy samples one worker while wrk drives /verify.
+
+    PYTHONPATH=src python bench/profile_relay.py [--seconds 10] [--top 40]
+
+Prints the functions with the largest inclusive and self share of samples (collapsed
+stacks are written to bench/results/profile-*.txt, loadable in speedscope). Needs
+py-spy (``pip install py-spy``) and wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import run
+
+AUDIENCE = run.AUDIENCE
+
+
+def summarise(collapsed: Path, top: int) -> str:
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
+            for f in stack.split(";")
+        ]
+        for f in set(frames):
+            inclusive[f] += n
+        own[frames[-1]] += n
+    out = [f"{total} samples", "", "inclusive %  function"]
+    out += [f"{100 * n / total:6.1f}  {f}" for f, n in inclusive.most_common(top)]
+    out += ["", "self %  function"]
+    out += [f"{100 * n / total:6.1f}  {f}" for f, n in own.most_common(top)]
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--top", type=int, default=40)
+    p.add_argument(
+        "--gil", action="store_true", help="only samples holding the GIL (CPU in Python)"
+    )
+    opts = p.parse_args()
+    bench_opts = argparse.Namespace(warmup=500)
+    proofs, _ = run.proofgen.load_or_generate(run.HERE / "results", AUDIENCE, 200_000, 200)
+    out = run.HERE / "results" / f"profile-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+    with tempfile.TemporaryDirectory(prefix="pm-prof-") as tmp:
+        workdir = Path(tmp)
+        server, api_key = run.start_relay(workdir, f"sqlite:///{tmp}/audit.db", 1)
+        try:
+            run.register_keys(server.port, api_key, proofs.keys)
+            cur = run.Cursor(proofs.bodies)
+            common = {"workdir": workdir, "api_key": api_key}
+            run.wrk(
+                server, "/verify", cur.take(bench_opts.warmup), duration=1, connections=8, **common
+            )
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "-r",
+                    "200",
+                    "-d",
+                    str(int(opts.seconds)),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                    "-p",
+                    str(server.worker_pids()[0]),
+                    "--nonblocking",
+                    *(["--gil"] if opts.gil else []),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            load: list[run.Load] = []
+            t = threading.Thread(
+                target=lambda: load.append(
+                    run.wrk(
+                        server,
+                        "/verify",
+                        cur.take(100_000),
+                        duration=opts.seconds,
+                        connections=32,
+                        **common,
+                    )
+                )
+            )
+            t.start()
+            t.join()
+            spy.wait(timeout=60)
+            print(f"load: {load[0].requests_per_s} req/s, {load[0].cpu_us_per_request} µs CPU/req")
+        finally:
+            server.stop()
+    print(summarise(out, opts.top))
+    print(f"\ncollapsed stacks: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
