@@ -21,7 +21,16 @@ from .errors import (
     ServiceUnavailableError,
     TransportError,
 )
-from .models import Approval, AuditEvent, BatchEntry, BatchResult, KeyInfo, VerifyResult
+from .models import (
+    Approval,
+    AuditEvent,
+    Authorization,
+    BatchEntry,
+    BatchResult,
+    KeyInfo,
+    VerifyResult,
+)
+from .receipts import ReceiptError, VerifiedReceipt, load_verifier
 from .sync import ProofMessengerClient
 
 __all__ = [
@@ -30,6 +39,7 @@ __all__ = [
     "AsyncProofMessengerClient",
     "AuditEvent",
     "AuthenticationError",
+    "Authorization",
     "BatchEntry",
     "BatchResult",
     "InvalidRequestError",
@@ -41,9 +51,12 @@ __all__ = [
     "ProofMessengerClient",
     "ProofMessengerClientError",
     "RateLimitedError",
+    "ReceiptError",
     "RetryPolicy",
     "ServiceUnavailableError",
     "TransportError",
+    "VerifiedReceipt",
     "VerifyResult",
+    "load_verifier",
     *_protocol_errors,
 ]

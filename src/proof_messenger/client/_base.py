@@ -21,6 +21,7 @@ from ..protocol import Proof, b64u_encode
 from ..protocol.keys import PublicKey, public_key_der
 from .errors import ProofMessengerClientError, TransportError, api_error
 from .models import Approval, AuditEvent, BatchResult, KeyInfo, VerifyResult
+from .receipts import Receipt, receipt_from_answers, receipt_leaf_index
 
 __all__ = ["ApprovalTimeoutError", "Operations", "RetryPolicy", "Send", "Sleep"]
 
@@ -122,6 +123,7 @@ class Operations:
         *,
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Request:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         return httpx.Request(
@@ -129,7 +131,7 @@ class Operations:
             self.base_url.rstrip("/") + path,
             params=clean or None,
             json=json_body,
-            headers=self.headers(),
+            headers=self.headers(headers),
         )
 
     # --- the one request loop ---------------------------------------------------------------
@@ -141,11 +143,13 @@ class Operations:
         *,
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Flow[httpx.Response]:
         attempt = 0
         while True:
             attempt += 1
-            reply = yield Send(self.build(method, path, json_body=json_body, params=params))
+            request = self.build(method, path, json_body=json_body, params=params, headers=headers)
+            reply = yield Send(request)
             last = attempt >= self.retry.max_attempts
             if isinstance(reply, Exception):
                 if not isinstance(reply, httpx.TransportError) or last:
@@ -185,15 +189,28 @@ class Operations:
     # --- verification -----------------------------------------------------------------------
 
     def verify(
-        self, proof: ProofInput, require_user_verification: bool = False
+        self,
+        proof: ProofInput,
+        require_user_verification: bool = False,
+        user_token: str | None = None,
     ) -> Flow[VerifyResult]:
         params = {"require_user_verification": "true"} if require_user_verification else None
-        doc = yield from self._json("POST", "/verify", json_body=proof_json(proof), params=params)
+        doc = yield from self._json(
+            "POST",
+            "/verify",
+            json_body=proof_json(proof),
+            params=params,
+            headers=user_token_header(user_token),
+        )
         return VerifyResult.from_json(doc)
 
-    def verify_batch(self, proofs: list[ProofInput]) -> Flow[BatchResult]:
+    def verify_batch(
+        self, proofs: list[ProofInput], user_token: str | None = None
+    ) -> Flow[BatchResult]:
         body = {"proofs": [proof_json(p) for p in proofs]}
-        doc = yield from self._json("POST", "/verify/batch", json_body=body)
+        doc = yield from self._json(
+            "POST", "/verify/batch", json_body=body, headers=user_token_header(user_token)
+        )
         return BatchResult.from_json(doc)
 
     # --- approvals --------------------------------------------------------------------------
@@ -204,6 +221,7 @@ class Operations:
         context: Mapping[str, Any],
         ttl_seconds: int = 300,
         require_user_verification: bool = False,
+        user_token: str | None = None,
     ) -> Flow[Approval]:
         body = {
             "sub": sub,
@@ -211,7 +229,9 @@ class Operations:
             "ttl_seconds": ttl_seconds,
             "require_user_verification": require_user_verification,
         }
-        doc = yield from self._json("POST", "/approvals", json_body=body)
+        doc = yield from self._json(
+            "POST", "/approvals", json_body=body, headers=user_token_header(user_token)
+        )
         return Approval.from_json(doc)
 
     def get_approval(self, approval_id: str) -> Flow[Approval]:
@@ -260,6 +280,20 @@ class Operations:
     def get_audit_event(self, event_id: str) -> Flow[AuditEvent]:
         doc = yield from self._json("GET", f"/audit/{_seg(event_id)}")
         return AuditEvent.from_json(doc)
+
+    def audit_receipt(self, event_id: str) -> Flow[Receipt]:
+        """Inclusion proof + covering signed checkpoint + the entry (not yet verified)."""
+        proof = yield from self._json("GET", "/log/proof/inclusion", params={"event_id": event_id})
+        index = receipt_leaf_index(proof)
+        entries = yield from self._json(
+            "GET", "/log/entries", params={"start": index, "end": index + 1}
+        )
+        return receipt_from_answers(event_id, proof, entries)
+
+
+def user_token_header(user_token: str | None) -> dict[str, str] | None:
+    """The end user's ID token travels in ``X-User-Token`` (the body stays a proof)."""
+    return {"X-User-Token": user_token} if user_token else None
 
 
 def _seg(value: str) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import httpx
 
+from ..audit.checkpoint import NoteVerifier
 from ._base import (
     NO_STREAM_STATUSES,
     ApprovalTimeoutError,
@@ -30,6 +31,7 @@ from .models import (
     KeyInfo,
     VerifyResult,
 )
+from .receipts import VerifiedReceipt, verify_receipt
 
 __all__ = ["AsyncProofMessengerClient"]
 
@@ -76,13 +78,19 @@ class AsyncProofMessengerClient:
             return done.value  # type: ignore[no-any-return]
 
     async def verify(
-        self, proof: ProofInput, *, require_user_verification: bool = False
+        self,
+        proof: ProofInput,
+        *,
+        require_user_verification: bool = False,
+        user_token: str | None = None,
     ) -> VerifyResult:
         """See :meth:`ProofMessengerClient.verify` (including the note on ``Replayed``)."""
-        return await self._run(self._ops.verify(proof, require_user_verification))
+        return await self._run(self._ops.verify(proof, require_user_verification, user_token))
 
-    async def verify_batch(self, proofs: list[ProofInput]) -> BatchResult:
-        return await self._run(self._ops.verify_batch(proofs))
+    async def verify_batch(
+        self, proofs: list[ProofInput], *, user_token: str | None = None
+    ) -> BatchResult:
+        return await self._run(self._ops.verify_batch(proofs, user_token))
 
     async def request_approval(
         self,
@@ -90,9 +98,13 @@ class AsyncProofMessengerClient:
         context: Mapping[str, Any],
         ttl_seconds: int = 300,
         require_user_verification: bool = False,
+        *,
+        user_token: str | None = None,
     ) -> Approval:
         return await self._run(
-            self._ops.request_approval(sub, context, ttl_seconds, require_user_verification)
+            self._ops.request_approval(
+                sub, context, ttl_seconds, require_user_verification, user_token
+            )
         )
 
     async def get_approval(self, approval_id: str) -> Approval:
@@ -168,3 +180,10 @@ class AsyncProofMessengerClient:
 
     async def get_audit_event(self, event_id: str) -> AuditEvent:
         return await self._run(self._ops.get_audit_event(event_id))
+
+    async def audit_proof(
+        self, event_id: str, log_key: NoteVerifier | Iterable[NoteVerifier]
+    ) -> VerifiedReceipt:
+        """See :meth:`ProofMessengerClient.audit_proof`."""
+        receipt = await self._run(self._ops.audit_receipt(event_id))
+        return verify_receipt(receipt, log_key)

@@ -10,6 +10,7 @@ from .errors import ProofMessengerAPIError, api_error
 __all__ = [
     "Approval",
     "AuditEvent",
+    "Authorization",
     "BatchEntry",
     "BatchResult",
     "KeyInfo",
@@ -17,6 +18,37 @@ __all__ = [
 ]
 
 FINAL_APPROVAL_STATUSES = frozenset({"approved", "declined", "expired"})
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """N-of-M state of the transaction a proof approved (policy rules with ``approvals``).
+
+    ``status`` is ``complete`` once enough distinct qualifying subjects approved; until then
+    ``pending``, with ``still_needed`` saying how many more and of which roles.
+    """
+
+    status: str
+    transaction_key: str
+    rule: str
+    required: int | None
+    approvals: list[dict[str, Any]]
+    still_needed: dict[str, Any] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Authorization:
+        return cls(
+            status=doc["status"],
+            transaction_key=doc["transaction_key"],
+            rule=doc["rule"],
+            required=doc.get("required"),
+            approvals=list(doc.get("approvals") or []),
+            still_needed=doc.get("still_needed"),
+        )
 
 
 @dataclass(frozen=True)
@@ -35,6 +67,8 @@ class VerifyResult:
     verified_at: str
     audit_event_id: str
     leaf_index: int | None = None
+    #: Present when a policy rule needs several approvers (see :class:`Authorization`).
+    authorization: Authorization | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -51,6 +85,9 @@ class VerifyResult:
             verified_at=doc["verified_at"],
             audit_event_id=doc["audit_event_id"],
             leaf_index=doc.get("leaf_index"),
+            authorization=(
+                Authorization.from_json(doc["authorization"]) if doc.get("authorization") else None
+            ),
             raw=doc,
         )
 

@@ -321,16 +321,30 @@ def fetch_receipt(
         if r.status_code != 200:
             raise ReceiptError(f"inclusion proof: HTTP {r.status_code}: {r.text[:300]}")
         proof = r.json()
-        index = int(proof["leaf_index"])
-        note = proof.get("checkpoint")
-        if not isinstance(note, str):
-            raise ReceiptError("relay returned no checkpoint covering the entry")
+        index = receipt_leaf_index(proof)
         e = http.get(f"{base}/log/entries", params={"start": index, "end": index + 1})
         if e.status_code != 200:
             raise ReceiptError(f"entries: HTTP {e.status_code}: {e.text[:300]}")
-        entries = e.json().get("entries") or []
-        if len(entries) != 1:
-            raise ReceiptError(f"relay returned no entry at leaf {index}")
+        return receipt_from_answers(event_id, proof, e.json())
+
+
+def receipt_leaf_index(proof: Any) -> int:
+    """The leaf index from a ``GET /log/proof/inclusion`` answer."""
+    try:
+        return int(proof["leaf_index"])
+    except (TypeError, KeyError, ValueError):
+        raise ReceiptError("inclusion proof answer has no leaf_index") from None
+
+
+def receipt_from_answers(event_id: str, proof: Any, entries_doc: Any) -> Receipt:
+    """A receipt from the relay's inclusion-proof and entries answers (not yet verified)."""
+    index = receipt_leaf_index(proof)
+    note = proof.get("checkpoint")
+    if not isinstance(note, str):
+        raise ReceiptError("relay returned no checkpoint covering the entry")
+    entries = entries_doc.get("entries") if isinstance(entries_doc, dict) else None
+    if not isinstance(entries, list) or len(entries) != 1:
+        raise ReceiptError(f"relay returned no entry at leaf {index}")
     return Receipt(
         event_id=event_id,
         leaf_index=index,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
+from ..audit.checkpoint import NoteVerifier
 from ._base import (
     NO_STREAM_STATUSES,
     ApprovalTimeoutError,
@@ -29,6 +30,7 @@ from .models import (
     KeyInfo,
     VerifyResult,
 )
+from .receipts import VerifiedReceipt, verify_receipt
 
 __all__ = ["ProofMessengerClient"]
 
@@ -80,17 +82,28 @@ class ProofMessengerClient:
 
     # --- API --------------------------------------------------------------------------------
 
-    def verify(self, proof: ProofInput, *, require_user_verification: bool = False) -> VerifyResult:
+    def verify(
+        self,
+        proof: ProofInput,
+        *,
+        require_user_verification: bool = False,
+        user_token: str | None = None,
+    ) -> VerifyResult:
         """Verify one proof; a rejection raises the protocol error for its ``code``.
+
+        ``user_token`` is the end user's ID token (sent as ``X-User-Token``): the relay
+        checks that its subject is the proof's and gives its roles to the policy engine.
 
         A retried call (after a timeout or 5xx) can raise ``Replayed`` when the first
         attempt did commit: look the proof up with ``audit(type="proof.verified", ...)``
         or ``get_audit_event`` and treat it as accepted only if the audit says so.
         """
-        return self._run(self._ops.verify(proof, require_user_verification))
+        return self._run(self._ops.verify(proof, require_user_verification, user_token))
 
-    def verify_batch(self, proofs: list[ProofInput]) -> BatchResult:
-        return self._run(self._ops.verify_batch(proofs))
+    def verify_batch(
+        self, proofs: list[ProofInput], *, user_token: str | None = None
+    ) -> BatchResult:
+        return self._run(self._ops.verify_batch(proofs, user_token))
 
     def request_approval(
         self,
@@ -98,9 +111,15 @@ class ProofMessengerClient:
         context: Mapping[str, Any],
         ttl_seconds: int = 300,
         require_user_verification: bool = False,
+        *,
+        user_token: str | None = None,
     ) -> Approval:
+        """Ask ``sub`` to approve ``context``; with ``user_token`` the answer is judged by the
+        policy with that user's verified roles."""
         return self._run(
-            self._ops.request_approval(sub, context, ttl_seconds, require_user_verification)
+            self._ops.request_approval(
+                sub, context, ttl_seconds, require_user_verification, user_token
+            )
         )
 
     def get_approval(self, approval_id: str) -> Approval:
@@ -180,3 +199,16 @@ class ProofMessengerClient:
 
     def get_audit_event(self, event_id: str) -> AuditEvent:
         return self._run(self._ops.get_audit_event(event_id))
+
+    def audit_proof(
+        self, event_id: str, log_key: NoteVerifier | Iterable[NoteVerifier]
+    ) -> VerifiedReceipt:
+        """Prove that ``event_id`` is in the relay's append-only log, without trusting it.
+
+        Fetches the entry, its inclusion proof and a covering signed checkpoint, then checks
+        the checkpoint's signature against ``log_key`` (pinned: load it once with
+        ``proof_messenger.client.receipts.load_verifier`` from the log's public key) and the
+        inclusion of the entry. Raises ``ReceiptError`` when anything does not verify.
+        """
+        receipt = self._run(self._ops.audit_receipt(event_id))
+        return verify_receipt(receipt, log_key)
