@@ -101,7 +101,7 @@ def test_the_docs_have_links() -> None:
 
 
 @pytest.mark.parametrize(
-    "link", ALL_LINKS, ids=[f"{l.source.relative_to(REPO)}:{l.line}" for l in ALL_LINKS]
+    "link", ALL_LINKS, ids=[f"{k.source.relative_to(REPO)}:{k.line}" for k in ALL_LINKS]
 )
 def test_relative_link_resolves(link: Link) -> None:
     reason = problem(link)
@@ -110,7 +110,7 @@ def test_relative_link_resolves(link: Link) -> None:
 
 def test_every_doc_is_reachable_from_the_docs_index() -> None:
     index = REPO / "docs" / "README.md"
-    targets = {(index.parent / l.target.partition("#")[0]).resolve() for l in links(index)}
+    targets = {(index.parent / k.target.partition("#")[0]).resolve() for k in links(index)}
     missing = [
         d.name for d in (REPO / "docs").glob("*.md") if d != index and d.resolve() not in targets
     ]
@@ -124,7 +124,7 @@ def test_the_checker_catches_broken_links(tmp_path: Path) -> None:
         "[ok](b.md#a-code-heading-with-punctuation) [bad](b.md#nope) ![img](missing.png)\n"
         "```\n[in code](nowhere.md)\n```\n[web](https://example.com) `[code](x.md)`\n"
     )
-    results = {l.target: problem(l) for l in links(doc)}
+    results = {k.target: problem(k) for k in links(doc)}
     assert results == {
         "b.md#a-code-heading-with-punctuation": None,
         "b.md#nope": "no heading for #nope in b.md",
