@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import cbor2
 
-from proof_messenger.store.base import AuditDraft, AuditRecord, ChainHead
+from .records import AuditDraft, AuditRecord, ChainHead
 
 __all__ = [
     "CHAIN_DOMAIN",

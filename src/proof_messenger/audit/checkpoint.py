@@ -51,6 +51,7 @@ __all__ = [
     "format_verifier_key",
     "generate_log_key",
     "key_hash",
+    "key_id_of",
     "load_log_key",
     "open_note",
     "parse_verifier_key",
@@ -435,3 +436,9 @@ def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode("ascii")
+
+
+def key_id_of(public_key: Ed25519PublicKey) -> str:
+    """Stable id of a log key (independent of the log's origin): SHA-256 of the raw key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]

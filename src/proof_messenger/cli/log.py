@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..audit.checkpoint import Checkpoint, CheckpointError, LogSigner, NoteVerifier
+from ..audit.checkpoint import Checkpoint, CheckpointError, LogSigner, NoteVerifier, key_id_of
 from ..audit.merkle import CompactTree, leaf_hash
 from ..client.receipts import (
     Receipt,
@@ -25,7 +25,6 @@ from ..client.receipts import (
     check_consistency,
     decode_entry,
     fetch_receipt,
-    key_id_of,
     load_verifier,
     rotation_text,
     verify_receipt,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from proof_messenger.audit.checkpoint import (
     Checkpoint,
     CheckpointError,
     NoteVerifier,
+    key_id_of,
     open_note,
     parse_verifier_key,
 )
@@ -73,12 +73,6 @@ def _unb64(text: Any, what: str) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise ReceiptError(f"{what} is not valid base64") from None
-
-
-def key_id_of(public_key: Ed25519PublicKey) -> str:
-    """Stable id of a log key (independent of the log's origin): SHA-256 of the raw key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def load_verifier(text: str, name: str | None = None) -> NoteVerifier:

@@ -16,11 +16,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..configuration import ConfigError
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
-
-
-class ConfigError(ValueError):
-    """An invalid setting; the message names it."""
 
 
 @dataclass(frozen=True)

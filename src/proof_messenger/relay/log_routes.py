@@ -27,11 +27,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.chain import entry_bytes
-from ..audit.checkpoint import Checkpoint, LogSigner, generate_log_key, load_log_key
+from ..audit.checkpoint import (
+    Checkpoint,
+    LogSigner,
+    generate_log_key,
+    key_id_of,
+    load_log_key,
+)
 from ..audit.checkpoint import public_key_pem as pem_of
 from ..audit.errors import LogKeyError
 from ..audit.merkle import EMPTY_ROOT, consistency_proof_from, inclusion_proof_from
-from ..client.receipts import key_id_of
 from ..store import _merkle
 from ..store.base import CheckpointRecord, LogKeyRecord, Store
 from .config import ConfigError, Settings

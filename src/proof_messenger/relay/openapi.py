@@ -40,6 +40,7 @@ HTTP_CODES = [
     "method_not_allowed",
     "batch_too_large",
     "store_unavailable",
+    "log_integrity",
     "internal_error",
     # issue 5: passkey enrolment
     "registration_expired",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from proof_messenger.audit.chain import micros_to_time, time_to_micros
+from proof_messenger.audit.records import AuditStatus
 
 from .base import (
     ApprovalRecord,
@@ -20,7 +21,6 @@ from .base import (
     AuditDraft,
     AuditFilter,
     AuditRecord,
-    AuditStatus,
     DeliveryTask,
     RegistrationChallenge,
     WebhookDelivery,

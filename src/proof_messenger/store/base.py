@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from proof_messenger.audit.merkle import CompactTree
+from proof_messenger.audit.records import AuditDraft, AuditRecord, ChainHead
 
 __all__ = [
     "ApiKeyRecord",
@@ -44,7 +45,6 @@ __all__ = [
 __all__ += ["DeliveryPage", "DeliveryTask", "WebhookDelivery", "WebhookSubscription"]  # webhooks
 
 KeyStatus = Literal["active", "revoked"]
-AuditStatus = Literal["accepted", "rejected", "info"]
 ApprovalStatus = Literal["pending", "approved", "declined", "expired"]
 
 
@@ -93,49 +93,6 @@ class OutboxEvent:
 
     event_type: str
     payload: bytes  # JSON body to deliver
-
-
-@dataclass(frozen=True, slots=True)
-class AuditDraft:
-    """An audit row before the store assigns its place in the chain."""
-
-    event_id: str
-    time: float
-    event_type: str  # e.g. "proof.verified", "proof.rejected", "key.registered"
-    status: AuditStatus
-    sub: str | None = None
-    kid: str | None = None
-    tx_type: str | None = None
-    amount_minor: int | None = None
-    currency: str | None = None
-    error_code: str | None = None
-    proof_id: str | None = None
-    client_ip: str | None = None
-    user_agent: str | None = None
-    detail: str | None = None
-    context_key_id: str | None = None  # master-key id that encrypted the context
-    context_ct: bytes | None = None  # nonce || AES-256-GCM ciphertext of the context
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """A committed audit row: the draft plus its position in the hash chain."""
-
-    seq: int  # 1-based, gap-free; leaf index in the Merkle log is seq - 1
-    draft: AuditDraft
-    prev_hash: bytes
-    entry_hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ChainHead:
-    """The chain-head row: last committed seq and its entry_hash (seq 0 / zeros when empty).
-
-    Comparing the rows with the head is what detects a truncated tail in ``verify_chain``.
-    """
-
-    seq: int
-    entry_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..relay.config import ConfigError
+from ..configuration import ConfigError
 from . import EVENT_TYPES
 
 __all__ = ["ConfiguredSubscription", "WebhookSettings", "check_url", "parse_webhook_settings"]
