@@ -1,4 +1,4 @@
-"""Approval requests: the relay asks a user to approve one exact transaction (issue 5).
+"""Approval requests: the relay asks a user to approve one exact transaction.
 
 A backend ``POST /approvals`` with the user's id and the transaction context; the relay
 builds the intent itself (its audience, a server nonce, the lifetime) and answers with an

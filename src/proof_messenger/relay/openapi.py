@@ -42,10 +42,10 @@ HTTP_CODES = [
     "store_unavailable",
     "log_integrity",
     "internal_error",
-    # issue 5: passkey enrolment
+    # passkey enrolment
     "registration_expired",
     "webauthn_registration_failed",
-    # identity + policy (issue 6)
+    # identity + policy
     "invalid_token",
     "invalid_user_token",
     "user_token_not_supported",

@@ -1,4 +1,4 @@
-"""Relay extension for issue 6 part A: OIDC identities and the policy engine.
+"""Relay extension: OIDC identities and the policy engine.
 
 ``install(state)`` validates the ``oidc:`` and ``policy:`` sections (a bad section stops
 the relay at start), wires the policy hook into the verification service, the JWT

@@ -1,4 +1,4 @@
-"""Passkey enrolment: the WebAuthn registration ceremony, bound to a subject (issue 5).
+"""Passkey enrolment: the WebAuthn registration ceremony, bound to a subject.
 
 1. The backend (API key, scope ``keys:write``) calls ``POST /webauthn/register/options``
    with ``{sub, display_name}``. The relay stores a one-use ceremony (challenge and

@@ -161,7 +161,7 @@ def audit_where(
     return where, params
 
 
-# --- webhooks (issue 6, branch webhooks) -----------------------------------------------------------
+# --- webhooks -----------------------------------------------------------
 #: Namespace of delivery ids (uuid5): the same (event, type, subscription) always gets the
 #: same id, on every instance and after every restart, so receivers can deduplicate by it.
 WEBHOOK_DELIVERY_NAMESPACE = uuid.UUID("8d1f4e8a-5b0c-4f57-9a43-3c2f6b1d7e21")
@@ -274,7 +274,7 @@ def decode_delivery_cursor(cursor: str) -> tuple[float, str]:
 
 
 # --- end webhooks ----------------------------------------------------------------------------------
-# --- approvals (issue 5) ---------------------------------------------------------------------
+# --- approvals ---------------------------------------------------------------------
 APPROVAL_COLUMNS: tuple[str, ...] = (
     "id",
     "sub",

@@ -104,7 +104,7 @@ class AppendResult:
     transition_failed: bool = False
 
 
-# --- approval requests (issue 5) ----------------------------------------------------------------
+# --- approval requests ----------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ApprovalRecord:
     """An approval request: the server-built intent a user is asked to sign.
@@ -185,7 +185,7 @@ class AuditPage:
     next_cursor: str | None = None
 
 
-# --- webhooks (issue 6, branch webhooks) -------------------------------------------------------
+# --- webhooks -------------------------------------------------------
 DeliveryStatus = Literal["pending", "delivered", "dead"]
 
 
@@ -241,7 +241,7 @@ class DeliveryPage:
 
 
 # --- end webhooks ----------------------------------------------------------------------------------
-# --- policy engine (issue 6) -------------------------------------------------------------------
+# --- policy engine -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PolicyApproval:
     """One subject's approval of a transaction that needs N-of-M approvals."""
@@ -257,7 +257,7 @@ class PolicyApproval:
 # --- end policy engine --------------------------------------------------------------------------
 
 
-# --- Merkle log (issue 9) --------------------------------------------------------------------
+# --- Merkle log --------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +334,7 @@ class Store(Protocol):
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
-        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
+        policy_approval: PolicyApproval | None = None,  # policy engine
     ) -> AppendResult:
         """Durably append one audit row (group-committed with concurrent callers).
 
@@ -343,7 +343,7 @@ class Store(Protocol):
         With ``approval``, the transition's compare-and-set runs in the same transaction;
         if it fails, nothing is written and ``transition_failed`` is True.
 
-        With ``policy_approval`` (issue 6), the N-of-M approval row is inserted in the same
+        With ``policy_approval``, the N-of-M approval row is inserted in the same
         transaction when the row is written (``ON CONFLICT (tx_key, sub) DO NOTHING``), so
         an accepted approval proof and its counted approval commit together or not at all.
         Returns only after the transaction has committed.
@@ -363,7 +363,7 @@ class Store(Protocol):
         """The committed chain head (added by the store work: ``audit verify`` needs it)."""
         ...
 
-    # --- webhooks (issue 6, branch webhooks) -----------------------------------------------------
+    # --- webhooks -----------------------------------------------------
     async def upsert_webhook_subscription(self, sub: WebhookSubscription) -> None:
         """Insert, or update url/events/secret of an existing id (keeps created_at; undeletes)."""
         ...
@@ -454,7 +454,7 @@ class Store(Protocol):
         """Mark the ceremony used (compare-and-set); None if unknown, used or expired."""
         ...
 
-    # --- policy engine (issue 6) -----------------------------------------------------------------
+    # --- policy engine -----------------------------------------------------------------
     async def add_policy_approval(self, approval: PolicyApproval) -> bool:
         """Record an approval; False (and nothing written) if this subject already approved."""
         ...
@@ -465,7 +465,7 @@ class Store(Protocol):
 
     # --- end policy engine -----------------------------------------------------------------------
 
-    # --- Merkle log (issue 9) --------------------------------------------------------------------
+    # --- Merkle log --------------------------------------------------------------------
     async def merkle_tree(self) -> CompactTree:
         """The committed frontier (same transaction as the chain head: sizes always agree)."""
         ...

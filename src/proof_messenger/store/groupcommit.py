@@ -49,9 +49,9 @@ class PendingAppend:
     claim_digest: bytes | None
     outbox: Sequence[OutboxEvent]
     future: asyncio.Future[AppendResult] = field(repr=False)
-    # Issue 5: an approval compare-and-set run in the batch's transaction with this row.
+    # an approval compare-and-set run in the batch's transaction with this row.
     approval: ApprovalTransition | None = None
-    #: Policy engine (issue 6): an N-of-M approval row written with the audit row.
+    #: Policy engine: an N-of-M approval row written with the audit row.
     policy_approval: PolicyApproval | None = None
 
 

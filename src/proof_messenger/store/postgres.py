@@ -65,7 +65,7 @@ from .base import (
 from .groupcommit import GroupCommitter, PendingAppend
 
 # isort: split
-# webhooks (issue 6)
+# webhooks
 from ._common import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
@@ -415,7 +415,7 @@ class PostgresStore:
             )
         return bool(status == "UPDATE 1")
 
-    # --- policy engine (issue 6) ----------------------------------------------------------------
+    # --- policy engine ----------------------------------------------------------------
 
     async def add_policy_approval(self, approval: PolicyApproval) -> bool:
         async with self._conn("add_policy_approval") as con:
@@ -447,7 +447,7 @@ class PostgresStore:
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
-        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
+        policy_approval: PolicyApproval | None = None,  # policy engine
     ) -> AppendResult:
         return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
@@ -483,7 +483,7 @@ class PostgresStore:
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
             outbox_rows: list[tuple[str, str, bytes, float]] = []
-            approval_rows: list[tuple[Any, ...]] = []  # policy engine (issue 6)
+            approval_rows: list[tuple[Any, ...]] = []  # policy engine
             for item in batch:
                 digest = item.claim_digest
                 if digest is not None:
@@ -491,7 +491,7 @@ class PostgresStore:
                         results.append(AppendResult(record=None, replayed=True))
                         continue
                     won.discard(digest)  # a second item with this digest is a replay
-                if item.approval is not None:  # issue 5: approval CAS, atomic with this row
+                if item.approval is not None:  # approval CAS, atomic with this row
                     status = await con.execute(
                         transition_sql(item.approval, "postgres"),
                         *transition_args(item.approval, item.draft.event_id),
@@ -509,7 +509,7 @@ class PostgresStore:
                     (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
                     for ev in item.outbox
                 )
-                if item.policy_approval is not None:  # policy engine (issue 6)
+                if item.policy_approval is not None:  # policy engine
                     approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
                 leaves = [_merkle.record_leaf_hash(r) for r in records]
@@ -530,7 +530,7 @@ class PostgresStore:
                     await con.execute(
                         _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))
                     )
-                if approval_rows:  # policy engine (issue 6)
+                if approval_rows:  # policy engine
                     await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
                 await con.execute(
                     "UPDATE chain_head SET seq = $1, entry_hash = $2, merkle_frontier = $3 "
@@ -541,7 +541,7 @@ class PostgresStore:
                 )
         return results
 
-    # --- approvals and registration ceremonies (issue 5) ---------------------------------------
+    # --- approvals and registration ceremonies ---------------------------------------
 
     async def insert_approval(self, record: ApprovalRecord) -> None:
         async with self._conn("insert_approval") as con:
@@ -658,7 +658,7 @@ class PostgresStore:
         """Rows in the chain, from the chain head (O(1); ``verify_chain`` checks it)."""
         return (await self.chain_head()).seq
 
-    # --- webhooks (issue 6, branch webhooks) -------------------------------------------------------
+    # --- webhooks -------------------------------------------------------
 
     async def upsert_webhook_subscription(self, sub: WebhookSubscription) -> None:
         async with self._conn("upsert_webhook_subscription") as con:
@@ -874,7 +874,7 @@ class PostgresStore:
         return None if row is None else delivery_from_row(row)
 
     # --- end webhooks ------------------------------------------------------------------------------
-    # --- Merkle log (issue 9) ------------------------------------------------------------------
+    # --- Merkle log ------------------------------------------------------------------
 
     async def merkle_tree(self) -> CompactTree:
         async with self._conn("merkle_tree") as con:
@@ -965,7 +965,7 @@ class PostgresStore:
     # --- end Merkle log ------------------------------------------------------------------------
 
 
-# --- Merkle log (issue 9) ----------------------------------------------------------------------
+# --- Merkle log ----------------------------------------------------------------------
 _MAX_LOG_ENTRIES = 1000
 _INSERT_NODES = (
     "INSERT INTO merkle_nodes (level, idx, hash) "
@@ -1020,7 +1020,7 @@ async def _rebuild_merkle(con: Any) -> int:
 
 # --- end Merkle log ---------------------------------------------------------------------------
 
-# --- policy engine (issue 6) -------------------------------------------------------------------
+# --- policy engine -------------------------------------------------------------------
 _INSERT_POLICY_APPROVAL = (
     "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
     "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tx_key, sub) DO NOTHING"

@@ -1,4 +1,4 @@
--- Approval requests and WebAuthn registration ceremonies (issue 5; keep in step with sqlite/).
+-- Approval requests and WebAuthn registration ceremonies (keep in step with sqlite/).
 -- 0002 belongs to the Merkle log work: the runner applies migrations by name, gaps are fine.
 
 CREATE TABLE approvals (

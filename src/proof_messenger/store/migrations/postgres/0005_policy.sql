@@ -1,4 +1,4 @@
--- Policy engine (issue 6): partial N-of-M approvals of a transaction.
+-- Policy engine: partial N-of-M approvals of a transaction.
 -- One row per (transaction, approving subject): the UNIQUE key is what makes the same
 -- approver count once, across every relay instance sharing the database.
 CREATE TABLE policy_approvals (

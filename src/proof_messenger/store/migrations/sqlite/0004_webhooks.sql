@@ -1,4 +1,4 @@
--- Webhooks (issue 6): subscriptions and one delivery row per (outbox event, subscription).
+-- Webhooks: subscriptions and one delivery row per (outbox event, subscription).
 -- The audit transaction writes only the outbox row; the delivery worker expands it here.
 
 CREATE TABLE webhook_subscriptions (
