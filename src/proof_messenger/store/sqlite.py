@@ -610,7 +610,8 @@ class SQLiteStore:
         return None if row is None else approval_from_row(row)
 
     async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
-        row = await self._read(
+        # A unique-index point read, done for every proof (check 8): inline, no thread hop.
+        row = await self._lookup(
             lambda con: con.execute(APPROVAL_SELECT + " WHERE nonce = ?", (nonce,)).fetchone()
         )
         return None if row is None else approval_from_row(row)
