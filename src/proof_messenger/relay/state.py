@@ -19,11 +19,7 @@ from .problems import HTTPProblem
 from .ratelimit import RateLimiter
 from .service import ClientInfo, Identity, VerificationService
 
-__all__ = ["API_KEY_CACHE_SECONDS", "RelayState", "relay_state"]
-
-#: How long a worker may answer from its cached copy of an API key record: revoking an
-#: API key takes effect on every relay instance within this time.
-API_KEY_CACHE_SECONDS = 1.0
+__all__ = ["RelayState", "relay_state"]
 
 
 @dataclass
@@ -38,9 +34,6 @@ class RelayState:
     #: Feature modules (approvals, webhooks, log, policy...) hang their objects here.
     features: dict[str, Any] = field(default_factory=dict)
     background: list[asyncio.Task[None]] = field(default_factory=list)
-    _api_keys: dict[str, tuple[float, ApiKeyRecord]] = field(
-        default_factory=dict, init=False, repr=False
-    )
 
     async def authenticate(self, request: Request, *scopes: str) -> ApiKeyRecord:
         """Bearer API key with one of ``scopes``; then the key's rate limit."""
@@ -64,7 +57,7 @@ class RelayState:
         record: ApiKeyRecord | None = None
         if parsed is not None:
             try:
-                record = await self._api_key(parsed.key_id)
+                record = await self.store.get_api_key(parsed.key_id)
             except StoreUnavailable as exc:
                 raise HTTPProblem(
                     503,
@@ -85,28 +78,6 @@ class RelayState:
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         return await self._authorize(request, record, scopes)
-
-    async def _api_key(self, key_id: str) -> ApiKeyRecord | None:
-        """The API key record, from a per-process cache at most ``API_KEY_CACHE_SECONDS`` old.
-
-        API keys are read on every request; the cache saves that database read. The price,
-        documented in docs/relay.md: revoking an API key (``proof-messenger apikey
-        revoke``) takes effect on every instance within that many seconds. Only found
-        records are cached (unknown ids cannot grow it without bound). Signing keys are
-        never cached: their status is read on every proof.
-        """
-        now = time.monotonic()
-        hit = self._api_keys.get(key_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        record = await self.store.get_api_key(key_id)
-        if record is not None:
-            if len(self._api_keys) >= 4096:
-                self._api_keys.clear()
-            self._api_keys[key_id] = (now + API_KEY_CACHE_SECONDS, record)
-        else:
-            self._api_keys.pop(key_id, None)
-        return record
 
     async def _authorize(
         self, request: Request, record: ApiKeyRecord, scopes: tuple[str, ...]
