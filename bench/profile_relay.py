@@ -52,6 +52,9 @@ def main() -> int:
     p.add_argument(
         "--gil", action="store_true", help="only samples holding the GIL (CPU in Python)"
     )
+    p.add_argument(
+        "--batch", type=int, default=0, help="profile /verify/batch with N proofs per call"
+    )
     opts = p.parse_args()
     bench_opts = argparse.Namespace(warmup=500)
     proofs, _ = run.proofgen.load_or_generate(run.HERE / "results", AUDIENCE, 200_000, 200)
@@ -91,10 +94,13 @@ def main() -> int:
                 target=lambda: load.append(
                     run.wrk(
                         server,
-                        "/verify",
-                        cur.take(100_000),
+                        "/verify/batch" if opts.batch else "/verify",
+                        run.batches(cur.take(100_000), opts.batch)
+                        if opts.batch
+                        else cur.take(100_000),
                         duration=opts.seconds,
-                        connections=32,
+                        connections=4 if opts.batch else 32,
+                        **({"mode": "batch", "batch_size": opts.batch} if opts.batch else {}),
                         **common,
                     )
                 )

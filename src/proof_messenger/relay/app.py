@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..audit.crypto import Keyring, generate_master_key_file, load_keyring
@@ -134,7 +135,7 @@ def create_app(
             )
         )
     routes = [*health.routes, *verify.routes, *keys.routes, *audit.routes, *docs.routes]
-    app = Starlette(
+    app = RelayApp(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
@@ -146,7 +147,73 @@ def create_app(
             Exception: _internal_error_handler,
         },
     )
+    app.enable_fast_path(
+        verify.routes,
+        access_log=settings.access_log,
+        cors=bool(settings.cors.allow_origins),
+    )
     return app
+
+
+class RelayApp(Starlette):
+    """Starlette, plus a direct dispatch of the hot routes (``POST /verify``, ``/verify/batch``).
+
+    Those two requests skip Starlette's error and exception middleware, the router's
+    linear match over every route and the endpoint wrapper: the same endpoint runs with
+    the same request-context middleware (request id, access log, metrics) and the same
+    exception handlers, so answers, headers and logs are identical. Anything else (other
+    methods, other paths, a CORS request when CORS is configured) takes the normal stack.
+    """
+
+    _fast_routes: dict[str, Route]
+    _fast_app: ASGIApp | None = None
+    _fast_cors: bool = False
+
+    def enable_fast_path(self, routes: list[Route], *, access_log: bool, cors: bool) -> None:
+        self._fast_routes = {
+            r.path: r for r in routes if r.methods is not None and "POST" in r.methods
+        }
+        self._fast_cors = cors
+        self._fast_app = RequestContextMiddleware(self._dispatch_fast, access_log=access_log)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self._fast_app is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in self._fast_routes
+            and not (self._fast_cors and _has_origin(scope))
+        ):
+            scope["app"] = self
+            await self._fast_app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _dispatch_fast(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._fast_routes[scope["path"]]
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = {}
+        request = Request(scope, receive, send)
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+    def _handler_for(self, exc: Exception) -> Callable[[Request, Exception], Any] | None:
+        for cls in type(exc).__mro__:
+            handler: Callable[[Request, Exception], Any] | None = self.exception_handlers.get(cls)
+            if handler is not None:
+                return handler
+        return None
+
+
+def _has_origin(scope: Scope) -> bool:
+    return any(name == b"origin" for name, _ in scope["headers"])
 
 
 def store_from_settings(settings: Settings, *, max_connections: int | None = None) -> Store:

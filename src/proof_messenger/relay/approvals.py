@@ -29,6 +29,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 import msgspec
@@ -129,9 +130,16 @@ class ApprovalCheck:
     def __init__(self, state: RelayState) -> None:
         self.state = state
 
-    async def check(self, verified: VerifiedProof) -> ApprovalTransition | None:
+    async def find(self, verified: VerifiedProof) -> ApprovalRecord | None:
+        """The approval request this proof's nonce names, if any (a pure read)."""
+        return await self.state.store.get_approval_by_nonce(verified.intent.nonce)
+
+    async def check(
+        self, verified: VerifiedProof, found: ApprovalRecord | EllipsisType | None = ...
+    ) -> ApprovalTransition | None:
+        """``found``: the result of :meth:`find` when the caller already has it."""
         intent = verified.intent
-        record = await self.state.store.get_approval_by_nonce(intent.nonce)
+        record = await self.find(verified) if isinstance(found, EllipsisType) else found
         if record is None:
             return None  # an ordinary proof, not the answer to an approval request
         if record.sub != intent.sub:

@@ -216,14 +216,24 @@ class VerificationService:
                     "sign count moved concurrently: possible cloned authenticator"
                 )
             # The claim in store.append decides replays atomically; this early look only
-            # matters when hooks (approvals, policy) would otherwise run for a replay.
-            # Without hooks a replay gets the same answer and audit row from the claim,
-            # and /verify saves a database read.
+            # matters when a hook (policy, or an approval request this proof answers)
+            # would otherwise run for a replay. Otherwise a replay gets the same answer and
+            # audit row from the claim, and /verify saves a database read.
+            found: Any = ...  # the approval request named by the nonce, once looked up
+            find = getattr(self.approvals, "find", None)
+            if find is not None:
+                found = await find(verified)
             if (
-                self.approvals is not None or self.policy is not None
+                self.policy is not None or (self.approvals is not None and found is not None)
             ) and await self.store.is_claimed(parsed.digest):
                 raise Replayed("this proof was already accepted")
-            binding = await self.approvals.check(verified) if self.approvals else None
+            binding = None
+            if self.approvals is not None:
+                binding = await (
+                    self.approvals.check(verified)
+                    if found is ...
+                    else self.approvals.check(verified, found)  # type: ignore[call-arg]
+                )
             policy_result = None
             if self.policy is not None:
                 policy_result = await self.policy.check(verified, identity)

@@ -85,17 +85,41 @@ def delivery_view(d: WebhookDelivery) -> dict[str, Any]:
     }
 
 
+#: How long after an event is written the delivery worker looks for it.
+_WAKE_DELAY = 0.05
+
+
 def make_outbox_hook(worker: DeliveryWorker | None) -> Any:
     """The generic ``service.outbox_for``: any known event type, any JSON payload."""
 
+    # One pending wake-up timer at a time. It fires no earlier than _WAKE_DELAY after the
+    # latest event (re-arming itself while events keep coming), and at least every
+    # _WAKE_DELAY under sustained load. A timer per event woke the worker for every proof,
+    # so under load it ran a write transaction (an fsync) back to back with the audit
+    # commits; now it runs about 20 times per second at most.
+    timer: asyncio.TimerHandle | None = None
+    last_event = 0.0
+
+    def fire() -> None:
+        nonlocal timer
+        assert worker is not None
+        loop = asyncio.get_running_loop()
+        due = last_event + _WAKE_DELAY
+        timer = loop.call_at(due, fire) if due > loop.time() + 0.001 else None
+        worker.wake()
+
     def outbox_for(event_type: str, payload: dict[str, Any]) -> list[OutboxEvent]:
+        nonlocal timer, last_event
         if event_type not in _EVENTS:
             return []
         if worker is not None:
             # The row commits a few ms later (group commit); look again shortly after.
             # (Without a running loop the worker's regular poll picks the event up.)
             with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().call_later(0.05, worker.wake)
+                loop = asyncio.get_running_loop()
+                last_event = loop.time()
+                if timer is None:
+                    timer = loop.call_later(_WAKE_DELAY, fire)
         return [OutboxEvent(event_type, _encoder.encode(payload))]
 
     return outbox_for

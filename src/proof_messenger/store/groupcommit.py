@@ -56,13 +56,22 @@ class PendingAppend:
 
 
 CommitFn = Callable[[list[PendingAppend]], Awaitable[list[AppendResult]]]
+#: Optional: wait for the database's write turn before a batch is drained (see __init__).
+TurnFn = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
 
 
 class GroupCommitter:
-    def __init__(self, commit: CommitFn, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, commit: CommitFn, *, max_batch: int = 256, take_turn: TurnFn | None = None
+    ) -> None:
+        """``take_turn`` (optional) waits until this process may write (e.g. a cross-process
+        lock) and returns an async ``give_back`` for the case that nothing is committed.
+        The batch is drained only after the turn is taken, so appends that arrive while
+        another process commits join this batch: fewer, bigger durable commits."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._commit = commit
+        self._take_turn = take_turn
         self._max_batch = max_batch
         self._queue: asyncio.Queue[PendingAppend] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -121,14 +130,24 @@ class GroupCommitter:
         queue = self._queue
         while True:
             taken = [await queue.get()]
-            while len(taken) < self._max_batch and not queue.empty():
-                taken.append(queue.get_nowait())
+            give_back = None
             try:
+                if self._take_turn is not None:
+                    try:
+                        give_back = await self._take_turn()
+                    except StoreError as exc:
+                        self._fail(taken, exc)
+                        continue
+                while len(taken) < self._max_batch and not queue.empty():
+                    taken.append(queue.get_nowait())
                 # A caller that gave up before its turn gets nothing written.
                 batch = [item for item in taken if not item.future.done()]
                 if batch:
+                    give_back = None  # the commit ends the turn, whatever happens
                     await self._commit_batch(batch)
             finally:
+                if give_back is not None:
+                    await give_back()
                 for _ in taken:
                     queue.task_done()
 

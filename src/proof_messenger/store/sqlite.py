@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -228,7 +228,14 @@ class SQLiteStore:
         self._read_cons: list[sqlite3.Connection] = []
         self._read_lock = threading.Lock()
         self._local = threading.local()
-        self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
+        #: True (writer thread only) while the group commit holds the cross-process write
+        #: lock taken before draining its queue; the batch's transaction releases it.
+        self._turn_held = False
+        self._committer = GroupCommitter(
+            self._commit_batch,
+            max_batch=max_batch,
+            take_turn=None if self._memory or fcntl is None else self._take_turn,
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -339,17 +346,24 @@ class SQLiteStore:
         if self._memory or fcntl is None:
             yield
             return
-        try:
-            if self._lock_fd is None:
-                self._lock_fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
-            fd = self._lock_fd
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot lock {self.path}-writelock: {exc}") from exc
+        if self._turn_held:  # the group commit's turn: this thread already holds it
+            yield
+            return
+        fd = self._lock_exclusive()
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_exclusive(self) -> int:
+        """Block until this process holds the ``<db>-writelock`` flock; return its fd."""
+        try:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot lock {self.path}-writelock: {exc}") from exc
+        return self._lock_fd
 
     async def _run(self, executor: ThreadPoolExecutor | None, fn: Callable[[], T]) -> T:
         if executor is None:
@@ -595,7 +609,38 @@ class SQLiteStore:
         return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
-        return await self._write(functools.partial(_commit_batch_sync, batch=batch))
+        return await self._run(self._writer, functools.partial(self._commit_turn, batch))
+
+    def _commit_turn(self, batch: list[PendingAppend]) -> list[AppendResult]:
+        """The batch's transaction (writer thread), then the end of the write turn."""
+        try:
+            return self._write_txn(functools.partial(_commit_batch_sync, batch=batch))
+        finally:
+            self._end_turn()
+
+    async def _take_turn(self) -> Callable[[], Awaitable[None]]:
+        """Wait (on the writer thread) for the cross-process write lock, before the group
+        committer drains its queue: appends that arrive while the other worker commits
+        join this batch, so two workers make fewer, bigger fsyncs."""
+
+        def take() -> None:
+            if not self._turn_held:
+                self._lock_exclusive()
+                self._turn_held = True
+
+        await self._run(self._writer, take)
+
+        async def give_back() -> None:
+            await self._run(self._writer, self._end_turn)
+
+        return give_back
+
+    def _end_turn(self) -> None:
+        if self._turn_held:
+            self._turn_held = False
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # --- approvals and registration ceremonies (issue 5) ---------------------------------------
 
@@ -610,7 +655,8 @@ class SQLiteStore:
         return None if row is None else approval_from_row(row)
 
     async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
-        row = await self._read(
+        # A unique-index point read, done for every proof (check 8): inline, no thread hop.
+        row = await self._lookup(
             lambda con: con.execute(APPROVAL_SELECT + " WHERE nonce = ?", (nonce,)).fetchone()
         )
         return None if row is None else approval_from_row(row)
