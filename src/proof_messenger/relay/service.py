@@ -201,7 +201,7 @@ class VerificationService:
             try:
                 verified = self._check_signature(parsed, key, require_user_verification)
             except WebAuthnSignCount:
-                # Issue 5: the exact assertion that was already accepted comes back with
+                # The exact assertion that was already accepted comes back with
                 # its (now stale) counter. That is a replay, not a cloned authenticator:
                 # report it as one instead of raising a false clone alarm.
                 if await self.store.is_claimed(parsed.digest):
@@ -338,7 +338,7 @@ class VerificationService:
         payload["leaf_index"] = record.seq - 1
         if self.on_accepted is not None:
             await self.on_accepted(verified, record, binding)
-        # --- policy engine (issue 6): report the N-of-M state after the commit ------------
+        # --- policy engine: report the N-of-M state after the commit ------------
         after_accept = getattr(self.policy, "after_accept", None)
         if policy_result is not None and after_accept is not None:
             payload.update(await after_accept(verified, record, policy_result))
@@ -520,7 +520,7 @@ class VerificationService:
         detail: str | None = None,
         outbox_payload: dict[str, Any] | None = None,
     ) -> AuditRecord | None:
-        """Audit an approval state change atomically with its compare-and-set (issue 5).
+        """Audit an approval state change atomically with its compare-and-set.
 
         Returns None, writing nothing, when the request was no longer in the state the
         transition needs (decided, or not yet/already past its deadline).

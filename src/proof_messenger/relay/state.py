@@ -47,7 +47,7 @@ class RelayState:
                 "send 'Authorization: Bearer <api key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="proof-messenger"'},
             )
-        # --- OIDC callers (issue 6): a bearer JWT from the configured IdP -------------------
+        # --- OIDC callers: a bearer JWT from the configured IdP -------------------
         oidc_caller = self.features.get("oidc_caller")
         if oidc_caller is not None and token.strip().startswith("eyJ"):
             jwt_record: ApiKeyRecord = await oidc_caller(token.strip())
@@ -108,7 +108,7 @@ class RelayState:
     async def user_identity(self, request: Request) -> Identity | None:
         """The end user's verified ID token (``X-User-Token``), if the request carries one.
 
-        Added for issue 6: without an ``oidc.user_tokens`` config a user token is refused
+        Without an ``oidc.user_tokens`` config a user token is refused
         (400) rather than ignored, so a caller never believes roles were checked.
         """
         token = request.headers.get("x-user-token")

@@ -76,7 +76,7 @@ from .base import (
 from .groupcommit import GroupCommitter, PendingAppend
 
 # isort: split
-# webhooks (issue 6)
+# webhooks
 from ._common import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
@@ -167,7 +167,7 @@ def _api_key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
     )
 
 
-# --- Merkle log (issue 9) ----------------------------------------------------------------------
+# --- Merkle log ----------------------------------------------------------------------
 _merkle_max_entries = 1000
 _SELECT_CHECKPOINT = "SELECT size, root, note, created_at, key_id FROM checkpoints"
 _SELECT_LOG_KEY = "SELECT key_id, public_key, created_at, rotated_from, rotation_note FROM log_keys"
@@ -564,7 +564,7 @@ class SQLiteStore:
 
         return await self._write(revoke)
 
-    # --- policy engine (issue 6) ----------------------------------------------------------------
+    # --- policy engine ----------------------------------------------------------------
 
     async def add_policy_approval(self, approval: PolicyApproval) -> bool:
         values = _policy_approval_values(approval)
@@ -604,7 +604,7 @@ class SQLiteStore:
         claim_digest: bytes | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
-        policy_approval: PolicyApproval | None = None,  # policy engine (issue 6)
+        policy_approval: PolicyApproval | None = None,  # policy engine
     ) -> AppendResult:
         return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
@@ -642,7 +642,7 @@ class SQLiteStore:
                 with contextlib.suppress(OSError):
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    # --- approvals and registration ceremonies (issue 5) ---------------------------------------
+    # --- approvals and registration ceremonies ---------------------------------------
 
     async def insert_approval(self, record: ApprovalRecord) -> None:
         values = approval_values(record)
@@ -763,7 +763,7 @@ class SQLiteStore:
         """Rows in the chain, from the chain head (O(1); ``verify_chain`` checks it)."""
         return (await self.chain_head()).seq
 
-    # --- webhooks (issue 6, branch webhooks) -------------------------------------------------------
+    # --- webhooks -------------------------------------------------------
 
     async def upsert_webhook_subscription(self, sub: WebhookSubscription) -> None:
         values = subscription_values(sub)
@@ -995,7 +995,7 @@ class SQLiteStore:
         return None if row is None else delivery_from_row(row)
 
     # --- end webhooks ------------------------------------------------------------------------------
-    # --- Merkle log (issue 9) ------------------------------------------------------------------
+    # --- Merkle log ------------------------------------------------------------------
 
     async def merkle_tree(self) -> CompactTree:
         row = await self._read(
@@ -1112,7 +1112,7 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
             if cur.rowcount != 1:
                 results.append(AppendResult(record=None, replayed=True))
                 continue
-        if item.approval is not None:  # issue 5: approval CAS, atomic with this row
+        if item.approval is not None:  # approval CAS, atomic with this row
             cur = con.execute(
                 transition_sql(item.approval, "sqlite"),
                 transition_args(item.approval, draft.event_id),
@@ -1131,7 +1131,7 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
                 _INSERT_OUTBOX,
                 (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
             )
-        if item.policy_approval is not None:  # policy engine (issue 6)
+        if item.policy_approval is not None:  # policy engine
             con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
         results.append(AppendResult(record=record))
@@ -1171,7 +1171,7 @@ def _fetch_chunk(con: sqlite3.Connection, sql: str, start: int) -> list[Any]:
     return con.execute(sql, (start, ITER_CHUNK)).fetchall()
 
 
-# --- policy engine (issue 6) -------------------------------------------------------------------
+# --- policy engine -------------------------------------------------------------------
 _INSERT_POLICY_APPROVAL = (
     "INSERT INTO policy_approvals (tx_key, sub, proof_id, rule, roles, at) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tx_key, sub) DO NOTHING"
