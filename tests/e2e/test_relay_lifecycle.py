@@ -208,6 +208,18 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
         ({}, {"bogus_top_level": 1}, "bogus_top_level"),
         ({"LOG_LEVEL": "loud"}, None, "LOG_LEVEL"),
         ({"AUDIT_DB_URL": "mysql://x"}, None, "AUDIT_DB_URL"),
+        (
+            {},
+            {
+                "webhooks": {
+                    "subscriptions": [
+                        {"url": "ftp://x", "events": ["proof.verified"], "secret": "s" * 32}
+                    ]
+                }
+            },
+            "webhooks.subscriptions[0].url",
+        ),
+        ({}, {"policy": {"rules": [{"name": "r", "max_amount": "lots"}]}}, "policy.rules[0]"),
     ],
 )
 def test_invalid_setting_stops_startup_with_exit_2(
@@ -224,8 +236,11 @@ def test_invalid_setting_stops_startup_with_exit_2(
         check=False,
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert named in result.stderr, result.stderr
+    assert named in " ".join(result.stderr.split()), result.stderr
     assert "invalid configuration" in result.stderr
+    # A refused configuration creates nothing: no database, no keys.
+    created = [relay.db_path, relay.master_key_file, relay.workdir / "log-signing.key"]
+    assert [p.name for p in created if p.exists()] == []
 
 
 def test_health_check_and_db_upgrade(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from ..configuration import ConfigError
+from ..relay.config import Settings
 from ._relay import config_option, fail, settings_from, with_store
 
 
@@ -45,16 +47,18 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
     from ..relay.logs import configure_logging
 
     configure_logging(settings.log_level)
-    # Done once here, before workers fork: migrations, and the master key (two workers
+    if config_path is not None:
+        # Before validating: relative policy.file paths resolve against the config file.
+        os.environ["PROOF_MESSENGER_CONFIG"] = str(config_path.resolve())
+    _validate_features(settings)  # nothing is created for a configuration that is refused
+    # Done once here, before workers fork: migrations, and the keys (two workers
     # generating two different keys would make half the audit log undecryptable).
     with_store(settings, _noop)
     try:
         load_or_create_keyring(settings.master_key_file)
     except Exception as exc:
         fail(f"master_key_file ({settings.master_key_file}): {exc}")
-    if config_path is not None:
-        os.environ["PROOF_MESSENGER_CONFIG"] = str(config_path.resolve())
-    _prepare_features(settings)  # after the line above: relative policy.file paths need it
+    _prepare_log_key(settings)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pm-metrics-")
     # uvicorn drains and shuts the app down on SIGTERM, then re-raises the signal with
@@ -85,20 +89,24 @@ async def _noop(store: object) -> None:
     return None
 
 
-def _prepare_features(settings: object) -> None:
-    """Start-up work of feature modules that must happen once, before workers fork."""
-    from importlib import import_module
+def _validate_features(settings: Settings) -> None:
+    """A bad policy, oidc or webhooks section stops `serve` with exit 2, before any file,
+    key or database is created and before workers fork."""
+    from ..relay import policy_routes
+    from ..webhooks.config import parse_webhook_settings
 
-    from ..relay.config import ConfigError
+    try:
+        policy_routes.prepare(settings)
+        parse_webhook_settings(settings.extra.get("webhooks"))
+    except ConfigError as exc:
+        fail(f"invalid configuration: {exc}")
 
-    for name in ("log_routes", "policy_routes"):
-        try:
-            module = import_module(f"proof_messenger.relay.{name}")
-        except ModuleNotFoundError:
-            continue
-        prepare = getattr(module, "prepare", None)
-        if prepare is not None:
-            try:
-                prepare(settings)
-            except ConfigError as exc:  # e.g. an invalid policy: or oidc: section
-                fail(f"invalid configuration: {exc}")
+
+def _prepare_log_key(settings: Settings) -> None:
+    """The log signing key is generated on first start, once, before workers fork."""
+    from ..relay import log_routes
+
+    try:
+        log_routes.prepare(settings)
+    except ConfigError as exc:
+        fail(f"invalid configuration: {exc}")

@@ -240,26 +240,26 @@ async def _make_limiter(settings: Settings) -> RateLimiter:
 
 
 def default_extensions() -> list[Extension]:
-    """Feature modules that register routes when they are installed."""
-    from importlib import import_module
+    """The feature modules, in installation order; each adds its routes, service hooks and
+    background tasks at start-up (imported here, not at the top, because some of them
+    import this module's helpers)."""
+    from . import (
+        approvals,
+        log_routes,
+        policy_routes,
+        web_pages,
+        webauthn_routes,
+        webhooks_routes,
+    )
 
-    found: list[Extension] = []
-    for name in (
-        "approvals",
-        "webauthn_routes",
-        "webhooks_routes",
-        "log_routes",
-        "web_pages",
-        "policy_routes",
-    ):
-        try:
-            module = import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{name}":
-                raise
-            continue
-        found.append(module.install)
-    return found
+    return [
+        approvals.install,
+        webauthn_routes.install,
+        webhooks_routes.install,
+        log_routes.install,
+        web_pages.install,
+        policy_routes.install,
+    ]
 
 
 def _redact(url: str) -> str:
