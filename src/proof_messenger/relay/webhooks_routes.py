@@ -1,6 +1,6 @@
 """Webhooks on the relay: the outbox hook, the delivery worker and ``/webhooks`` routes.
 
-Discovered by ``relay/app.py`` (``install(state) -> routes``). Every event in
+Installed by ``relay/app.py`` (``install(state) -> routes``). Every event in
 :data:`~proof_messenger.webhooks.EVENT_TYPES` handed to ``service.outbox_for`` — by the
 verification pipeline, ``record_event(..., outbox_payload=...)`` or any feature module —
 is written to the outbox in the audit row's transaction, whatever feature produced it.
