@@ -15,6 +15,7 @@ from rich.table import Table
 from ..audit.chain import ChainReport, verify_chain_async
 from ..audit.errors import DecryptionError
 from ..relay.app import load_or_create_keyring
+from ..relay.routes.audit import event_view
 from ..relay.service import iso
 from ..store.base import AuditFilter, AuditPage, AuditRecord, Store
 from ._relay import config_option, fail, settings_from, with_store
@@ -93,25 +94,7 @@ def list_events(
     records = with_store(settings_from(config_path), fetch)
     if as_json:
         for r in records:
-            d = r.draft
-            click.echo(
-                json.dumps(
-                    {
-                        "seq": r.seq,
-                        "event_id": d.event_id,
-                        "time": iso(d.time),
-                        "type": d.event_type,
-                        "status": d.status,
-                        "sub": d.sub,
-                        "kid": d.kid,
-                        "tx_type": d.tx_type,
-                        "amount_minor": d.amount_minor,
-                        "currency": d.currency,
-                        "error_code": d.error_code,
-                        "proof_id": d.proof_id,
-                    }
-                )
-            )
+            click.echo(json.dumps(event_view(r)))
         return
     table = Table(title=f"Audit log ({len(records)} events, newest first)")
     for column in (

@@ -241,16 +241,7 @@ async def authorize(
         return record, "backend"
     token = request.headers.get("x-approval-token") or request.query_params.get("t") or ""
     ip = request.client.host if request.client else "unknown"
-    retry_after = await state.limiter.acquire(f"approval-page:{ip}")
-    if retry_after is not None:
-        seconds = max(1, int(retry_after + 0.999))
-        raise HTTPProblem(
-            429,
-            "rate_limited",
-            "Too many requests",
-            f"too many requests from this address; retry in {seconds} s",
-            headers={"Retry-After": str(seconds)},
-        )
+    await state.rate_limit(f"approval-page:{ip}", "this address")
     record = await state.store.get_approval(approval_id) if len(approval_id) <= 64 else None
     expected = record.page_token_hash if record is not None else b"\x00" * 32
     if not hmac.compare_digest(token_hash(token), expected) or record is None:

@@ -92,16 +92,7 @@ class RelayState:
                 f"this route needs the scope {' or '.join(scopes)}",
                 required_scope=scopes[0],
             )
-        retry_after = await self.limiter.acquire(record.id)
-        if retry_after is not None:
-            seconds = max(1, int(retry_after + 0.999))
-            raise HTTPProblem(
-                429,
-                "rate_limited",
-                "Too many requests",
-                f"rate limit for this API key exceeded; retry in {seconds} s",
-                headers={"Retry-After": str(seconds)},
-            )
+        await self.rate_limit(record.id, "this API key")
         request.state.api_key_id = record.id
         return record
 
@@ -124,6 +115,19 @@ class RelayState:
             )
         identity: Identity = await verify_user(token.strip())
         return identity
+
+    async def rate_limit(self, bucket: str, who: str) -> None:
+        """Take a token from ``bucket``; a 429 with Retry-After when it is empty."""
+        retry_after = await self.limiter.acquire(bucket)
+        if retry_after is not None:
+            seconds = max(1, int(retry_after + 0.999))
+            raise HTTPProblem(
+                429,
+                "rate_limited",
+                "Too many requests",
+                f"rate limit for {who} exceeded; retry in {seconds} s",
+                headers={"Retry-After": str(seconds)},
+            )
 
     def client(self, request: Request) -> ClientInfo:
         ip = request.client.host if request.client else None

@@ -37,8 +37,15 @@ from ._common import (
     APPROVAL_SELECT,
     AUDIT_COLUMNS,
     AUDIT_SELECT,
+    DELIVERY_COLUMNS,
+    DELIVERY_FROM,
     ITER_CHUNK,
+    MAX_WEBHOOK_ERROR,
     REGISTRATION_SELECT,
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTION_SELECT,
+    TASK_COLUMNS,
+    TASK_FROM,
     approval_from_row,
     approval_values,
     audit_record_from_row,
@@ -46,11 +53,19 @@ from ._common import (
     audit_where,
     check_limit,
     decode_cursor,
+    decode_delivery_cursor,
+    delivery_from_row,
     encode_cursor,
+    encode_delivery_cursor,
     load_migrations,
+    matching_subscriptions,
     registration_from_row,
+    subscription_from_row,
+    subscription_values,
+    task_from_row,
     transition_args,
     transition_sql,
+    webhook_delivery_id,
 )
 from .base import (
     ApiKeyRecord,
@@ -63,6 +78,8 @@ from .base import (
     AuditRecord,
     ChainHead,
     CheckpointRecord,
+    DeliveryPage,
+    DeliveryTask,
     DuplicateKey,
     KeyRecord,
     LogEntry,
@@ -72,29 +89,10 @@ from .base import (
     RegistrationChallenge,
     StoreError,
     StoreUnavailable,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 from .groupcommit import GroupCommitter, PendingAppend
-
-# isort: split
-# webhooks
-from ._common import (
-    DELIVERY_COLUMNS,
-    DELIVERY_FROM,
-    MAX_WEBHOOK_ERROR,
-    SUBSCRIPTION_COLUMNS,
-    SUBSCRIPTION_SELECT,
-    TASK_COLUMNS,
-    TASK_FROM,
-    decode_delivery_cursor,
-    delivery_from_row,
-    encode_delivery_cursor,
-    matching_subscriptions,
-    subscription_from_row,
-    subscription_values,
-    task_from_row,
-    webhook_delivery_id,
-)
-from .base import DeliveryPage, DeliveryTask, WebhookDelivery, WebhookSubscription
 
 try:
     import fcntl
