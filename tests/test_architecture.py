@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"audit", "protocol"},
     "webhooks": {"audit", "configuration", "store"},
     "relay": {"audit", "configuration", "protocol", "store", "web", "webhooks"},
-    "cli": {"audit", "client", "protocol", "relay", "store"},
+    "cli": {"audit", "client", "configuration", "protocol", "relay", "store", "webhooks"},
 }
 
 
