@@ -8,6 +8,7 @@ different context, a wrong origin). The backend side is the relay's HTTP API.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -133,7 +134,9 @@ def test_enrol_passkey(relay: Relay, passkey_browser: PasskeyBrowser, enrolled: 
     assert "expired" in page.locator("h1").inner_text()
 
 
-def test_approve_in_browser(relay: Relay, passkey_browser: PasskeyBrowser, enrolled: str) -> None:
+def test_approve_in_browser(
+    relay: Relay, passkey_browser: PasskeyBrowser, enrolled: str, tmp_path: Path
+) -> None:
     approval = create_approval(relay)
     listener = SseListener(relay, approval["id"])
     page = open_approval(passkey_browser, approval)
@@ -148,8 +151,15 @@ def test_approve_in_browser(relay: Relay, passkey_browser: PasskeyBrowser, enrol
         "Time left",
     ):
         assert words in text, words
-    shot = REPO / "docs" / "approval-page.png"
+    # The README's screenshot is refreshed only on request, so a test run never edits a
+    # tracked file: PM_UPDATE_SCREENSHOT=1 ./scripts/test tests/passkeys -k approve
+    shot = (
+        REPO / "docs" / "approval-page.png"
+        if os.environ.get("PM_UPDATE_SCREENSHOT") == "1"
+        else tmp_path / "approval-page.png"
+    )
     page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000  # a rendered page, not an empty image
     with page.expect_request(lambda req: req.url.endswith("/proof")) as proof_request:
         page.get_by_role("button", name="Approve with passkey").click()
     page.wait_for_selector("main[data-state=approved]", timeout=TIMEOUT_MS)
