@@ -16,18 +16,24 @@ from proof_messenger.audit.chain import micros_to_time, time_to_micros
 from proof_messenger.audit.records import AuditStatus
 
 from .base import (
+    ApiKeyRecord,
     ApprovalRecord,
     ApprovalTransition,
     AuditDraft,
     AuditFilter,
     AuditRecord,
+    CheckpointRecord,
     DeliveryTask,
+    KeyRecord,
+    LogKeyRecord,
     RegistrationChallenge,
     WebhookDelivery,
     WebhookSubscription,
 )
 
 MAX_PAGE = 1000
+#: Most log entries one read returns (``GET /log/entries``).
+MAX_LOG_ENTRIES = 1000
 ITER_CHUNK = 500
 
 # Column order shared by both backends' SELECT/INSERT of audit rows.
@@ -362,3 +368,61 @@ def transition_sql(t: ApprovalTransition, dialect: str) -> str:
 
 def transition_args(t: ApprovalTransition, event_id: str) -> tuple[Any, ...]:
     return (t.status, t.at, t.proof_id, event_id, t.approval_id, t.at)
+
+
+# --- key registry, API keys and the log's checkpoints and keys: one row mapping for both
+# backends; they differ only in how a list of strings is stored (a native array in
+# PostgreSQL, JSON text in SQLite), which the caller passes as ``strings``.
+SELECT_KEY = (
+    "SELECT kid, sub, alg, public_key, label, status, created_at, revoked_at, revoke_reason, "
+    "sign_count, transports, attestation_format FROM keys"
+)
+SELECT_API_KEY = "SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys"
+SELECT_CHECKPOINT = "SELECT size, root, note, created_at, key_id FROM checkpoints"
+SELECT_LOG_KEY = "SELECT key_id, public_key, created_at, rotated_from, rotation_note FROM log_keys"
+
+Strings = Callable[[Any], tuple[str, ...]]
+
+
+def key_from_row(row: Sequence[Any], strings: Strings) -> KeyRecord:
+    return KeyRecord(
+        kid=row[0],
+        sub=row[1],
+        alg=row[2],
+        public_key=bytes(row[3]),
+        label=row[4],
+        status=row[5],
+        created_at=row[6],
+        revoked_at=row[7],
+        revoke_reason=row[8],
+        sign_count=row[9],
+        transports=strings(row[10]),
+        attestation_format=row[11],
+    )
+
+
+def api_key_from_row(row: Sequence[Any], strings: Strings) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row[0],
+        name=row[1],
+        secret_hash=bytes(row[2]),
+        scopes=strings(row[3]),
+        created_at=row[4],
+        revoked_at=row[5],
+    )
+
+
+def checkpoint_from_row(row: Sequence[Any]) -> CheckpointRecord:
+    return CheckpointRecord(
+        size=int(row[0]), root=bytes(row[1]), note=row[2], created_at=row[3], key_id=row[4]
+    )
+
+
+def log_key_from_row(row: Sequence[Any]) -> LogKeyRecord:
+    return LogKeyRecord(
+        key_id=row[0],
+        public_key=bytes(row[1]),
+        created_at=row[2],
+        rotated_from=row[3],
+        rotation_note=row[4],
+    )

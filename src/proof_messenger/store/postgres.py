@@ -29,24 +29,33 @@ from ._common import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     ITER_CHUNK,
+    MAX_LOG_ENTRIES,
     MAX_WEBHOOK_ERROR,
     REGISTRATION_SELECT,
+    SELECT_API_KEY,
+    SELECT_CHECKPOINT,
+    SELECT_KEY,
+    SELECT_LOG_KEY,
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTION_SELECT,
     TASK_COLUMNS,
     TASK_FROM,
+    api_key_from_row,
     approval_from_row,
     approval_values,
     audit_record_from_row,
     audit_row_values,
     audit_where,
     check_limit,
+    checkpoint_from_row,
     decode_cursor,
     decode_delivery_cursor,
     delivery_from_row,
     encode_cursor,
     encode_delivery_cursor,
+    key_from_row,
     load_migrations,
+    log_key_from_row,
     matching_subscriptions,
     registration_from_row,
     subscription_from_row,
@@ -91,11 +100,6 @@ T = TypeVar("T")
 _MIGRATION_LOCK_ID = 0x706D2D6D696772
 #: How long a replica that failed is skipped before it is tried again.
 REPLICA_RETRY_SECONDS = 30.0
-_SELECT_KEY = (
-    "SELECT kid, sub, alg, public_key, label, status, created_at, revoked_at, revoke_reason, "
-    "sign_count, transports, attestation_format FROM keys"
-)
-_SELECT_API_KEY = "SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys"
 _INSERT_AUDIT = (
     "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
     "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
@@ -132,34 +136,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,  # a connection left in a broken state by an outage
     asyncpg.PostgresError,
 )
-
-
-def _key_from_row(row: Sequence[Any]) -> KeyRecord:
-    return KeyRecord(
-        kid=row[0],
-        sub=row[1],
-        alg=row[2],
-        public_key=bytes(row[3]),
-        label=row[4],
-        status=row[5],
-        created_at=row[6],
-        revoked_at=row[7],
-        revoke_reason=row[8],
-        sign_count=row[9],
-        transports=tuple(row[10]),
-        attestation_format=row[11],
-    )
-
-
-def _api_key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=row[0],
-        name=row[1],
-        secret_hash=bytes(row[2]),
-        scopes=tuple(row[3]),
-        created_at=row[4],
-        revoked_at=row[5],
-    )
 
 
 @contextlib.contextmanager
@@ -337,18 +313,16 @@ class PostgresStore:
 
     async def get_key(self, kid: str) -> KeyRecord | None:
         async with self._conn("get_key") as con:
-            row = await con.fetchrow(_SELECT_KEY + " WHERE kid = $1", kid)
-        return None if row is None else _key_from_row(row)
+            row = await con.fetchrow(SELECT_KEY + " WHERE kid = $1", kid)
+        return None if row is None else key_from_row(row, tuple)
 
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         async with self._conn("list_keys") as con:
             if sub is None:
-                rows = await con.fetch(_SELECT_KEY + " ORDER BY created_at, kid")
+                rows = await con.fetch(SELECT_KEY + " ORDER BY created_at, kid")
             else:
-                rows = await con.fetch(
-                    _SELECT_KEY + " WHERE sub = $1 ORDER BY created_at, kid", sub
-                )
-        return [_key_from_row(r) for r in rows]
+                rows = await con.fetch(SELECT_KEY + " WHERE sub = $1 ORDER BY created_at, kid", sub)
+        return [key_from_row(r, tuple) for r in rows]
 
     async def revoke_key(self, kid: str, reason: str, at: float) -> KeyRecord | None:
         """Revoke; an already revoked key keeps its first revocation (time and reason)."""
@@ -360,8 +334,8 @@ class PostgresStore:
                 at,
                 reason,
             )
-            row = await con.fetchrow(_SELECT_KEY + " WHERE kid = $1", kid)
-        return None if row is None else _key_from_row(row)
+            row = await con.fetchrow(SELECT_KEY + " WHERE kid = $1", kid)
+        return None if row is None else key_from_row(row, tuple)
 
     async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
         async with self._conn("advance_sign_count") as con:
@@ -395,13 +369,13 @@ class PostgresStore:
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         async with self._conn("get_api_key") as con:
-            row = await con.fetchrow(_SELECT_API_KEY + " WHERE id = $1", key_id)
-        return None if row is None else _api_key_from_row(row)
+            row = await con.fetchrow(SELECT_API_KEY + " WHERE id = $1", key_id)
+        return None if row is None else api_key_from_row(row, tuple)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         async with self._conn("list_api_keys") as con:
-            rows = await con.fetch(_SELECT_API_KEY + " ORDER BY created_at, id")
-        return [_api_key_from_row(r) for r in rows]
+            rows = await con.fetch(SELECT_API_KEY + " ORDER BY created_at, id")
+        return [api_key_from_row(r, tuple) for r in rows]
 
     async def revoke_api_key(self, key_id: str, at: float) -> bool:
         """True if this call revoked it; False if unknown or already revoked."""
@@ -906,8 +880,8 @@ class PostgresStore:
         return found
 
     async def log_entries(self, start: int, end: int) -> list[LogEntry]:
-        if start < 0 or end < start or end - start > _MAX_LOG_ENTRIES:
-            raise ValueError(f"need 0 <= start <= end <= start + {_MAX_LOG_ENTRIES}")
+        if start < 0 or end < start or end - start > MAX_LOG_ENTRIES:
+            raise ValueError(f"need 0 <= start <= end <= start + {MAX_LOG_ENTRIES}")
         sql = AUDIT_SELECT.replace(" FROM audit", ", leaf_hash FROM audit")
         async with self._conn("log_entries") as con:
             rows = await con.fetch(sql + " WHERE seq > $1 AND seq <= $2 ORDER BY seq", start, end)
@@ -928,23 +902,23 @@ class PostgresStore:
                 c.created_at,
                 c.key_id,
             )
-            row = await con.fetchrow(_SELECT_CHECKPOINT + " WHERE size = $1", c.size)
-        return _checkpoint_from_row(row)
+            row = await con.fetchrow(SELECT_CHECKPOINT + " WHERE size = $1", c.size)
+        return checkpoint_from_row(row)
 
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         async with self._conn("latest_checkpoint") as con:
-            row = await con.fetchrow(_SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1")
-        return None if row is None else _checkpoint_from_row(row)
+            row = await con.fetchrow(SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1")
+        return None if row is None else checkpoint_from_row(row)
 
     async def get_checkpoint(self, size: int) -> CheckpointRecord | None:
         async with self._conn("get_checkpoint") as con:
-            row = await con.fetchrow(_SELECT_CHECKPOINT + " WHERE size = $1", size)
-        return None if row is None else _checkpoint_from_row(row)
+            row = await con.fetchrow(SELECT_CHECKPOINT + " WHERE size = $1", size)
+        return None if row is None else checkpoint_from_row(row)
 
     async def log_key_history(self) -> list[LogKeyRecord]:
         async with self._conn("log_key_history") as con:
-            rows = await con.fetch(_SELECT_LOG_KEY + " ORDER BY created_at, key_id")
-        return [_log_key_from_row(r) for r in rows]
+            rows = await con.fetch(SELECT_LOG_KEY + " ORDER BY created_at, key_id")
+        return [log_key_from_row(r) for r in rows]
 
     async def add_log_key(self, record: LogKeyRecord) -> bool:
         r = record
@@ -964,29 +938,10 @@ class PostgresStore:
 
 
 # --- Merkle log ----------------------------------------------------------------------
-_MAX_LOG_ENTRIES = 1000
 _INSERT_NODES = (
     "INSERT INTO merkle_nodes (level, idx, hash) "
     "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bytea[])"
 )
-_SELECT_CHECKPOINT = "SELECT size, root, note, created_at, key_id FROM checkpoints"
-_SELECT_LOG_KEY = "SELECT key_id, public_key, created_at, rotated_from, rotation_note FROM log_keys"
-
-
-def _checkpoint_from_row(row: Sequence[Any]) -> CheckpointRecord:
-    return CheckpointRecord(
-        size=int(row[0]), root=bytes(row[1]), note=row[2], created_at=row[3], key_id=row[4]
-    )
-
-
-def _log_key_from_row(row: Sequence[Any]) -> LogKeyRecord:
-    return LogKeyRecord(
-        key_id=row[0],
-        public_key=bytes(row[1]),
-        created_at=row[2],
-        rotated_from=row[3],
-        rotation_note=row[4],
-    )
 
 
 async def _rebuild_merkle(con: Any) -> int:

@@ -40,24 +40,33 @@ from ._common import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     ITER_CHUNK,
+    MAX_LOG_ENTRIES,
     MAX_WEBHOOK_ERROR,
     REGISTRATION_SELECT,
+    SELECT_API_KEY,
+    SELECT_CHECKPOINT,
+    SELECT_KEY,
+    SELECT_LOG_KEY,
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTION_SELECT,
     TASK_COLUMNS,
     TASK_FROM,
+    api_key_from_row,
     approval_from_row,
     approval_values,
     audit_record_from_row,
     audit_row_values,
     audit_where,
     check_limit,
+    checkpoint_from_row,
     decode_cursor,
     decode_delivery_cursor,
     delivery_from_row,
     encode_cursor,
     encode_delivery_cursor,
+    key_from_row,
     load_migrations,
+    log_key_from_row,
     matching_subscriptions,
     registration_from_row,
     subscription_from_row,
@@ -103,11 +112,6 @@ __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-_SELECT_KEY = (
-    "SELECT kid, sub, alg, public_key, label, status, created_at, revoked_at, revoke_reason, "
-    "sign_count, transports, attestation_format FROM keys"
-)
-_SELECT_API_KEY = "SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_keys"
 _INSERT_AUDIT = (
     "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
     "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
@@ -137,57 +141,15 @@ _INSERT_OUTBOX = (
 )
 
 
-def _key_from_row(row: Sequence[Any]) -> KeyRecord:
-    return KeyRecord(
-        kid=row[0],
-        sub=row[1],
-        alg=row[2],
-        public_key=bytes(row[3]),
-        label=row[4],
-        status=row[5],
-        created_at=row[6],
-        revoked_at=row[7],
-        revoke_reason=row[8],
-        sign_count=row[9],
-        transports=tuple(json.loads(row[10])),
-        attestation_format=row[11],
-    )
-
-
-def _api_key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=row[0],
-        name=row[1],
-        secret_hash=bytes(row[2]),
-        scopes=tuple(json.loads(row[3])),
-        created_at=row[4],
-        revoked_at=row[5],
-    )
-
-
 # --- Merkle log ----------------------------------------------------------------------
-_merkle_max_entries = 1000
-_SELECT_CHECKPOINT = "SELECT size, root, note, created_at, key_id FROM checkpoints"
-_SELECT_LOG_KEY = "SELECT key_id, public_key, created_at, rotated_from, rotation_note FROM log_keys"
-
-
-def _checkpoint_from_row(row: Sequence[Any]) -> CheckpointRecord:
-    return CheckpointRecord(
-        size=int(row[0]), root=bytes(row[1]), note=row[2], created_at=row[3], key_id=row[4]
-    )
-
-
-def _log_key_from_row(row: Sequence[Any]) -> LogKeyRecord:
-    return LogKeyRecord(
-        key_id=row[0],
-        public_key=bytes(row[1]),
-        created_at=row[2],
-        rotated_from=row[3],
-        rotation_note=row[4],
-    )
 
 
 # --- end Merkle log ---------------------------------------------------------------------------
+
+
+def _json_strings(text: str) -> tuple[str, ...]:
+    """SQLite keeps string lists (scopes, transports) as JSON text."""
+    return tuple(json.loads(text))
 
 
 def _split_statements(script: str) -> list[str]:
@@ -478,19 +440,19 @@ class SQLiteStore:
 
     async def get_key(self, kid: str) -> KeyRecord | None:
         row = await self._lookup(
-            lambda con: con.execute(_SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
+            lambda con: con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
         )
-        return None if row is None else _key_from_row(row)
+        return None if row is None else key_from_row(row, _json_strings)
 
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         def query(con: sqlite3.Connection) -> list[Any]:
             if sub is None:
-                return con.execute(_SELECT_KEY + " ORDER BY created_at, kid").fetchall()
+                return con.execute(SELECT_KEY + " ORDER BY created_at, kid").fetchall()
             return con.execute(
-                _SELECT_KEY + " WHERE sub = ? ORDER BY created_at, kid", (sub,)
+                SELECT_KEY + " WHERE sub = ? ORDER BY created_at, kid", (sub,)
             ).fetchall()
 
-        return [_key_from_row(r) for r in await self._read(query)]
+        return [key_from_row(r, _json_strings) for r in await self._read(query)]
 
     async def revoke_key(self, kid: str, reason: str, at: float) -> KeyRecord | None:
         """Revoke; an already revoked key keeps its first revocation (time and reason)."""
@@ -501,10 +463,10 @@ class SQLiteStore:
                 "WHERE kid = ? AND status = 'active'",
                 (at, reason, kid),
             )
-            return con.execute(_SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
+            return con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
 
         row = await self._write(revoke)
-        return None if row is None else _key_from_row(row)
+        return None if row is None else key_from_row(row, _json_strings)
 
     async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
         def cas(con: sqlite3.Connection) -> bool:
@@ -540,15 +502,15 @@ class SQLiteStore:
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         row = await self._lookup(
-            lambda con: con.execute(_SELECT_API_KEY + " WHERE id = ?", (key_id,)).fetchone()
+            lambda con: con.execute(SELECT_API_KEY + " WHERE id = ?", (key_id,)).fetchone()
         )
-        return None if row is None else _api_key_from_row(row)
+        return None if row is None else api_key_from_row(row, _json_strings)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         rows = await self._read(
-            lambda con: con.execute(_SELECT_API_KEY + " ORDER BY created_at, id").fetchall()
+            lambda con: con.execute(SELECT_API_KEY + " ORDER BY created_at, id").fetchall()
         )
-        return [_api_key_from_row(r) for r in rows]
+        return [api_key_from_row(r, _json_strings) for r in rows]
 
     async def revoke_api_key(self, key_id: str, at: float) -> bool:
         """True if this call revoked it; False if unknown or already revoked."""
@@ -1026,8 +988,8 @@ class SQLiteStore:
         return await self._read(query)
 
     async def log_entries(self, start: int, end: int) -> list[LogEntry]:
-        if start < 0 or end < start or end - start > _merkle_max_entries:
-            raise ValueError(f"need 0 <= start <= end <= start + {_merkle_max_entries}")
+        if start < 0 or end < start or end - start > MAX_LOG_ENTRIES:
+            raise ValueError(f"need 0 <= start <= end <= start + {MAX_LOG_ENTRIES}")
         sql = AUDIT_SELECT.replace(" FROM audit", ", leaf_hash FROM audit")
         rows = await self._read(
             lambda con: con.execute(
@@ -1048,27 +1010,27 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (size) DO NOTHING",
                 (c.size, c.root, c.note, c.created_at, c.key_id),
             )
-            return con.execute(_SELECT_CHECKPOINT + " WHERE size = ?", (c.size,)).fetchone()
+            return con.execute(SELECT_CHECKPOINT + " WHERE size = ?", (c.size,)).fetchone()
 
-        return _checkpoint_from_row(await self._write(save))
+        return checkpoint_from_row(await self._write(save))
 
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         row = await self._read(
-            lambda con: con.execute(_SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1").fetchone()
+            lambda con: con.execute(SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1").fetchone()
         )
-        return None if row is None else _checkpoint_from_row(row)
+        return None if row is None else checkpoint_from_row(row)
 
     async def get_checkpoint(self, size: int) -> CheckpointRecord | None:
         row = await self._read(
-            lambda con: con.execute(_SELECT_CHECKPOINT + " WHERE size = ?", (size,)).fetchone()
+            lambda con: con.execute(SELECT_CHECKPOINT + " WHERE size = ?", (size,)).fetchone()
         )
-        return None if row is None else _checkpoint_from_row(row)
+        return None if row is None else checkpoint_from_row(row)
 
     async def log_key_history(self) -> list[LogKeyRecord]:
         rows = await self._read(
-            lambda con: con.execute(_SELECT_LOG_KEY + " ORDER BY created_at, key_id").fetchall()
+            lambda con: con.execute(SELECT_LOG_KEY + " ORDER BY created_at, key_id").fetchall()
         )
-        return [_log_key_from_row(r) for r in rows]
+        return [log_key_from_row(r) for r in rows]
 
     async def add_log_key(self, record: LogKeyRecord) -> bool:
         r = record
