@@ -193,6 +193,12 @@ def webhook_delivery_id(event_id: str, event_type: str, subscription_id: str) ->
     )
 
 
+#: The ``events`` lists of live subscriptions. The audit transaction writes an outbox row
+#: only for an event type one of them wants: fan-out would expand any other row into no
+#: delivery at all, and a subscription only receives events that happen after it exists.
+LIVE_SUBSCRIPTION_EVENTS = "SELECT events FROM webhook_subscriptions WHERE deleted_at IS NULL"
+
+
 def subscription_from_row(row: Sequence[Any]) -> WebhookSubscription:
     return WebhookSubscription(
         id=row[0],

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
-from proof_messenger.audit.chain import seal, time_to_micros
-from proof_messenger.audit.merkle import CompactTree
+from proof_messenger.audit.chain import seal_entry, time_to_micros
+from proof_messenger.audit.merkle import CompactTree, leaf_hash
 
 from . import _merkle
 from ._common import (
@@ -29,6 +30,7 @@ from ._common import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     ITER_CHUNK,
+    LIVE_SUBSCRIPTION_EVENTS,
     MAX_LOG_ENTRIES,
     MAX_WEBHOOK_ERROR,
     REGISTRATION_SELECT,
@@ -454,6 +456,7 @@ class PostgresStore:
             seq, prev_hash = int(head[0]), bytes(head[1])
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
+            leaves: list[bytes] = []
             outbox_rows: list[tuple[str, str, bytes, float]] = []
             approval_rows: list[tuple[Any, ...]] = []  # policy engine
             for item in batch:
@@ -473,9 +476,10 @@ class PostgresStore:
                             await con.execute("DELETE FROM replay WHERE digest = $1", digest)
                         results.append(AppendResult(record=None, transition_failed=True))
                         continue
-                record = seal(seq + 1, prev_hash, item.draft)
+                record, entry = seal_entry(seq + 1, prev_hash, item.draft)
                 seq, prev_hash = record.seq, record.entry_hash
                 records.append(record)
+                leaves.append(leaf_hash(entry))
                 results.append(AppendResult(record=record))
                 outbox_rows.extend(
                     (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
@@ -484,7 +488,6 @@ class PostgresStore:
                 if item.policy_approval is not None:  # policy engine
                     approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
-                leaves = [_merkle.record_leaf_hash(r) for r in records]
                 columns = list(
                     zip(
                         *(
@@ -498,6 +501,13 @@ class PostgresStore:
                 tree, nodes = _merkle.extend_tree(tree, leaves)
                 if nodes:
                     await con.execute(_INSERT_NODES, *(list(c) for c in zip(*nodes, strict=True)))
+                if outbox_rows:
+                    wanted = {
+                        t
+                        for r in await con.fetch(LIVE_SUBSCRIPTION_EVENTS)
+                        for t in json.loads(r[0])
+                    }
+                    outbox_rows = [r for r in outbox_rows if r[1] in wanted]
                 if outbox_rows:
                     await con.execute(
                         _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))

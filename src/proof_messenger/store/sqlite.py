@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proof_messenger.audit.chain import seal, time_to_micros
-from proof_messenger.audit.merkle import CompactTree
+from proof_messenger.audit.chain import seal_entry, time_to_micros
+from proof_messenger.audit.merkle import CompactTree, leaf_hash
 
 from . import _merkle
 from ._common import (
@@ -40,6 +40,7 @@ from ._common import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     ITER_CHUNK,
+    LIVE_SUBSCRIPTION_EVENTS,
     MAX_LOG_ENTRIES,
     MAX_WEBHOOK_ERROR,
     REGISTRATION_SELECT,
@@ -1061,6 +1062,7 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
         raise StoreError(f"Merkle frontier has {tree.size} leaves but the chain has {seq} rows")
     leaves: list[bytes] = []
     results: list[AppendResult] = []
+    wanted: frozenset[str] | None = None  # event types some live subscription wants
     for item in batch:
         draft = item.draft
         if item.claim_digest is not None:
@@ -1082,15 +1084,23 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
                     con.execute("DELETE FROM replay WHERE digest = ?", (item.claim_digest,))
                 results.append(AppendResult(record=None, transition_failed=True))
                 continue
-        record = seal(seq + 1, prev_hash, draft)
-        leaf = _merkle.record_leaf_hash(record)
+        record, entry = seal_entry(seq + 1, prev_hash, draft)
+        leaf = leaf_hash(entry)
         leaves.append(leaf)
         con.execute(_INSERT_AUDIT, (*audit_row_values(record), leaf))
-        for event in item.outbox:
-            con.execute(
-                _INSERT_OUTBOX,
-                (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
-            )
+        if item.outbox:
+            if wanted is None:
+                wanted = frozenset(
+                    t
+                    for (events,) in con.execute(LIVE_SUBSCRIPTION_EVENTS)
+                    for t in json.loads(events)
+                )
+            for event in item.outbox:
+                if event.event_type in wanted:
+                    con.execute(
+                        _INSERT_OUTBOX,
+                        (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
+                    )
         if item.policy_approval is not None:  # policy engine
             con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
