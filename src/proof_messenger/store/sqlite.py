@@ -77,6 +77,7 @@ from ._common import (
     transition_sql,
     webhook_delivery_id,
 )
+from ._generations import APPROVALS, REGISTRY, Generations, NonceFilter, RecordCache
 from .base import (
     ApiKeyRecord,
     AppendResult,
@@ -192,6 +193,13 @@ class SQLiteStore:
         #: True (writer thread only) while the group commit holds the cross-process write
         #: lock taken before draining its queue; the batch's transaction releases it.
         self._turn_held = False
+        #: Read caches of keys, API keys and approval nonces, checked against change
+        #: counters shared by every process on this file (see _generations.py); None for
+        #: ":memory:" (one process, reads already go through the writer's connection).
+        self._generations: Generations | None = None
+        self._key_cache: RecordCache[str, KeyRecord] | None = None
+        self._api_key_cache: RecordCache[str, ApiKeyRecord] | None = None
+        self._nonce_filter: NonceFilter | None = None
         self._committer = GroupCommitter(
             self._commit_batch,
             max_batch=max_batch,
@@ -220,6 +228,15 @@ class SQLiteStore:
         except StoreUnavailable:
             await self.close()
             raise
+        if not self._memory:
+            try:
+                self._generations = Generations(self.path + "-gen")
+            except OSError as exc:
+                await self.close()
+                raise StoreUnavailable(f"cannot map {self.path}-gen: {exc}") from exc
+            self._key_cache = RecordCache(self._generations, REGISTRY)
+            self._api_key_cache = RecordCache(self._generations, REGISTRY)
+            self._nonce_filter = NonceFilter(self._generations, self._approval_nonces_after)
         self._committer.start()
 
     async def close(self) -> None:
@@ -241,6 +258,10 @@ class SQLiteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._generations is not None:
+            self._generations.close()
+            self._generations = None
+        self._key_cache = self._api_key_cache = self._nonce_filter = None
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(
@@ -280,7 +301,10 @@ class SQLiteStore:
                 self._read_cons.append(con)
         return con
 
-    def _write_txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _write_txn(self, fn: Callable[[sqlite3.Connection], T], bump: int | None = None) -> T:
+        """One write transaction. ``bump`` names a change counter (``_generations``) to
+        advance after COMMIT, still under the write lock, when ``fn`` changed what the
+        read caches hold; ``fn`` may return a falsy result to say nothing changed."""
         con = self._writer_con()
         with self._process_lock():
             con.execute("BEGIN IMMEDIATE")
@@ -293,6 +317,8 @@ class SQLiteStore:
                     with contextlib.suppress(sqlite3.Error):
                         con.execute("ROLLBACK")
                 raise
+            if bump is not None and self._generations is not None:
+                self._generations.bump(bump)
         return result
 
     @contextlib.contextmanager
@@ -341,8 +367,8 @@ class SQLiteStore:
     async def _on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._writer, lambda: fn(self._writer_con()))
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(self._writer, functools.partial(self._write_txn, fn))
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], bump: int | None = None) -> T:
+        return await self._run(self._writer, functools.partial(self._write_txn, fn, bump))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._readers, lambda: fn(self._reader_con()))
@@ -440,10 +466,20 @@ class SQLiteStore:
             raise DuplicateKey(f"key {record.kid!r} is already registered") from exc
 
     async def get_key(self, kid: str) -> KeyRecord | None:
+        cache, generation = self._key_cache, 0
+        if cache is not None:
+            hit, generation = cache.get(kid)
+            if hit is not None:
+                return hit
         row = await self._lookup(
             lambda con: con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
         )
-        return None if row is None else key_from_row(row, _json_strings)
+        if row is None:
+            return None
+        record = key_from_row(row, _json_strings)
+        if cache is not None:
+            cache.put(kid, record, generation)
+        return record
 
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         def query(con: sqlite3.Connection) -> list[Any]:
@@ -466,7 +502,7 @@ class SQLiteStore:
             )
             return con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
 
-        row = await self._write(revoke)
+        row = await self._write(revoke, bump=REGISTRY)
         return None if row is None else key_from_row(row, _json_strings)
 
     async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
@@ -477,7 +513,7 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._write(cas)
+        return await self._write(cas, bump=REGISTRY)
 
     # --- API keys ------------------------------------------------------------------------------
 
@@ -502,10 +538,20 @@ class SQLiteStore:
             raise DuplicateKey(f"API key {record.id!r} already exists") from exc
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        cache, generation = self._api_key_cache, 0
+        if cache is not None:
+            hit, generation = cache.get(key_id)
+            if hit is not None:
+                return hit
         row = await self._lookup(
             lambda con: con.execute(SELECT_API_KEY + " WHERE id = ?", (key_id,)).fetchone()
         )
-        return None if row is None else api_key_from_row(row, _json_strings)
+        if row is None:
+            return None
+        record = api_key_from_row(row, _json_strings)
+        if cache is not None:
+            cache.put(key_id, record, generation)
+        return record
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         rows = await self._read(
@@ -523,7 +569,7 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._write(revoke)
+        return await self._write(revoke, bump=REGISTRY)
 
     # --- policy engine ----------------------------------------------------------------
 
@@ -607,7 +653,7 @@ class SQLiteStore:
 
     async def insert_approval(self, record: ApprovalRecord) -> None:
         values = approval_values(record)
-        await self._write(lambda con: con.execute(_INSERT_APPROVAL, values))
+        await self._write(lambda con: con.execute(_INSERT_APPROVAL, values), bump=APPROVALS)
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
         row = await self._read(
@@ -616,11 +662,26 @@ class SQLiteStore:
         return None if row is None else approval_from_row(row)
 
     async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
-        # A unique-index point read, done for every proof (check 8): inline, no thread hop.
+        # Done for every proof (check 8). Almost every nonce belongs to no approval
+        # request: the filter says so without a read. Otherwise a unique-index point read,
+        # inline (no thread hop).
+        if self._nonce_filter is not None and not self._nonce_filter.might_contain(nonce):
+            return None
         row = await self._lookup(
             lambda con: con.execute(APPROVAL_SELECT + " WHERE nonce = ?", (nonce,)).fetchone()
         )
         return None if row is None else approval_from_row(row)
+
+    def _approval_nonces_after(self, rowid: int) -> list[tuple[int, bytes]]:
+        """(rowid, nonce) of approval requests after ``rowid`` (approval rows are never
+        deleted, and writers commit one at a time, so rowids only grow)."""
+        con = self._reader_con()
+        try:
+            return con.execute(
+                "SELECT rowid, nonce FROM approvals WHERE rowid > ? ORDER BY rowid", (rowid,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
 
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         sql = APPROVAL_SELECT + (
