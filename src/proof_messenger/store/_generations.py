@@ -119,7 +119,6 @@ class NonceFilter:
     """
 
     _BITS_PER_ENTRY = 16
-    _PROBES = 4
 
     def __init__(
         self,
@@ -131,8 +130,11 @@ class NonceFilter:
         self._generations = generations
         self._load = load
         self._key = os.urandom(16)
+        if initial_capacity < 8 or initial_capacity & (initial_capacity - 1):
+            raise ValueError("initial_capacity must be a power of two >= 8")
         self._capacity = initial_capacity
         self._bits = bytearray(initial_capacity * self._BITS_PER_ENTRY // 8)
+        self._mask = initial_capacity * self._BITS_PER_ENTRY - 1
         self._count = 0
         self._last_rowid = 0
         self._seen = -1
@@ -142,14 +144,21 @@ class NonceFilter:
         if now != self._seen:
             self._refresh()
             self._seen = now  # only after a complete load: a failed load retries next time
-        return all(self._bits[i >> 3] & (1 << (i & 7)) for i in self._positions(nonce))
+        bits = self._bits
+        a, b, c, d = self._positions(nonce)
+        return bool(
+            bits[a >> 3] & (1 << (a & 7))
+            and bits[b >> 3] & (1 << (b & 7))
+            and bits[c >> 3] & (1 << (c & 7))
+            and bits[d >> 3] & (1 << (d & 7))
+        )
 
-    def _positions(self, nonce: bytes) -> list[int]:
-        digest = hashlib.blake2b(nonce, digest_size=4 * self._PROBES, key=self._key).digest()
-        nbits = len(self._bits) * 8
-        return [
-            int.from_bytes(digest[i : i + 4], "little") % nbits for i in range(0, len(digest), 4)
-        ]
+    def _positions(self, nonce: bytes) -> tuple[int, int, int, int]:
+        # One keyed 128-bit hash, cut into four 32-bit probes; the table size is a power
+        # of two, so a mask picks the bit.
+        h = int.from_bytes(hashlib.blake2b(nonce, digest_size=16, key=self._key).digest(), "little")
+        mask = self._mask
+        return (h & mask, (h >> 32) & mask, (h >> 64) & mask, (h >> 96) & mask)
 
     def _add(self, nonce: bytes) -> None:
         for i in self._positions(nonce):
@@ -165,6 +174,7 @@ class NonceFilter:
             everything = list(self._load(0))
             self._capacity = capacity
             self._bits = bytearray(capacity * self._BITS_PER_ENTRY // 8)
+            self._mask = capacity * self._BITS_PER_ENTRY - 1
             self._count = 0
             rows = everything
         for rowid, nonce in rows:
