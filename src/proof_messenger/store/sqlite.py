@@ -177,7 +177,11 @@ class SQLiteStore:
         read_threads: int = 2,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
+        commit_interval: float = float(os.environ.get("PM_SQLITE_COMMIT_INTERVAL", "0.003")),
     ) -> None:
+        """``commit_interval``: under load, group commits start at most this often (see
+        ``GroupCommitter``); each SQLite commit costs about as much CPU as verifying a
+        proof, so a busy relay must not commit a row or two at a time."""
         self.path = path
         self._memory = path == ":memory:"
         self._busy_timeout = busy_timeout
@@ -204,6 +208,7 @@ class SQLiteStore:
             self._commit_batch,
             max_batch=max_batch,
             take_turn=None if self._memory or fcntl is None else self._take_turn,
+            min_interval=commit_interval,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
