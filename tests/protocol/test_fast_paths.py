@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
+from functools import partial
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proof_messenger.protocol import ALG_WEBAUTHN_ES256, MalformedProof, Proof, envelope
 from proof_messenger.protocol.encoding import b64u_decode, b64u_encode
+from proof_messenger.protocol.envelope import DEFAULT_ENVELOPE_LIMITS
+
+from .helpers import make_proof
 
 _B64U = re.compile(r"[A-Za-z0-9_-]*")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -78,3 +85,140 @@ def test_b64u_every_last_character_at_every_length_matches_the_reference() -> No
 def test_b64u_decode_refuses_non_text() -> None:
     for value in (b"AAAA", None, 5):
         assert _outcome(b64u_decode, value) == ("ValueError", "not unpadded base64url")
+
+
+# --- the JSON envelope ---------------------------------------------------------------------------
+_VALID = make_proof()
+_VALID_FIELDS: dict[str, Any] = _VALID.to_json_dict()
+_WEBAUTHN_FIELDS: dict[str, Any] = {
+    **_VALID_FIELDS,
+    "alg": ALG_WEBAUTHN_ES256,
+    "sig": b64u_encode(bytes(70)),
+    "authenticator_data": b64u_encode(bytes(37)),
+    "client_data_json": b64u_encode(b'{"type":"webauthn.get"}'),
+}
+_FIELD_NAMES = [*_WEBAUTHN_FIELDS, "extra", "V", "kid "]
+
+
+def strict_from_json(data: bytes | str) -> Proof:
+    """The envelope by the strict path alone: stdlib decoder with hooks, then _from_map."""
+    if len(data) > DEFAULT_ENVELOPE_LIMITS.max_envelope_bytes:
+        raise MalformedProof("envelope exceeds the size limit")
+    value = envelope._strict_json(data)
+    return Proof._from_map(value, text_bytes=True, limits=DEFAULT_ENVELOPE_LIMITS)
+
+
+def _json_object(pairs: list[tuple[str, Any]], spacing: str, escape: bool) -> str:
+    """A JSON object from pairs (duplicates kept, as a hostile client could send them)."""
+    dump = partial(json.dumps, ensure_ascii=escape)
+    sep = spacing + ":" + spacing
+    return "{" + ",".join(dump(k) + sep + dump(v) for k, v in pairs) + "}"
+
+
+_SAMPLE_VALUES: list[Any] = [
+    *{json.dumps(v): v for v in _WEBAUTHN_FIELDS.values()}.values(),
+    *(1, 2, 0, -1, 2**64, 1.0, True, False, None, "1", "", "A", "AB", "é", "\ud800", [1], {}),
+    *("ES256", "es256", "none", b64u_encode(bytes(64)) + "=", b64u_encode(bytes(81))),
+]
+json_values = st.sampled_from(_SAMPLE_VALUES) | st.text(alphabet=_B64_CHARS, max_size=30)
+
+
+def _one_edit(base: dict[str, Any], op: str, key: str, value: Any) -> list[tuple[str, Any]]:
+    """``base`` with one change: a field set, dropped, or sent twice."""
+    pairs = list(base.items())
+    if op == "set":
+        return [(k, value if k == key else v) for k, v in pairs] + (
+            [] if key in base else [(key, value)]
+        )
+    if op == "drop":
+        return [(k, v) for k, v in pairs if k != key]
+    return [*pairs, (key, value)]  # "dup" (or "add" for a key not in base)
+
+
+_BASES = [_VALID_FIELDS, _WEBAUTHN_FIELDS]
+_OPS = ["set", "drop", "dup"]
+
+
+def test_json_envelope_fast_path_matches_the_strict_path_on_every_single_edit() -> None:
+    """Exhaustive: each base envelope, each field name, each sample value, each edit."""
+    for base in _BASES:
+        for op in _OPS:
+            for key in _FIELD_NAMES:
+                for value in _SAMPLE_VALUES if op != "drop" else [None]:
+                    for spacing in ("", " "):
+                        text = _json_object(_one_edit(base, op, key, value), spacing, False)
+                        data = text.encode("utf-8", "surrogatepass")
+                        fast = _outcome(Proof.from_json, data)
+                        assert fast == _outcome(strict_from_json, data), text
+                        assert fast == _outcome(Proof.from_json, text), text
+
+
+pair_lists = st.lists(
+    st.tuples(st.sampled_from(_FIELD_NAMES), json_values), max_size=10
+) | st.builds(
+    lambda base, edits: _edited(base, edits),
+    st.sampled_from(_BASES),
+    st.lists(
+        st.tuples(st.sampled_from(_OPS), st.sampled_from(_FIELD_NAMES), json_values), max_size=3
+    ),
+)
+
+
+def _edited(base: dict[str, Any], edits: list[tuple[str, str, Any]]) -> list[tuple[str, Any]]:
+    pairs = list(base.items())
+    for op, key, value in edits:
+        pairs = _one_edit(dict(pairs), op, key, value) if op != "dup" else [*pairs, (key, value)]
+    return pairs
+
+
+@given(pair_lists, st.sampled_from(["", " ", "\n\t"]), st.booleans(), st.booleans())
+def test_json_envelope_fast_path_matches_the_strict_path(
+    pairs: list[tuple[str, Any]], spacing: str, escape: bool, as_bytes: bool
+) -> None:
+    text = _json_object(pairs, spacing, escape)
+    data: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    assert _outcome(Proof.from_json, data) == _outcome(strict_from_json, data)
+
+
+@given(
+    st.sampled_from([_VALID_FIELDS, _WEBAUTHN_FIELDS]),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=3),
+)
+def test_json_envelope_fast_path_matches_the_strict_path_on_mutated_bytes(
+    fields: dict[str, Any], edits: list[tuple[int, int]]
+) -> None:
+    data = bytearray(json.dumps(fields).encode())
+    for position, byte in edits:
+        data[position % len(data)] = byte
+    assert _outcome(Proof.from_json, bytes(data)) == _outcome(strict_from_json, bytes(data))
+
+
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_json_envelope_fast_path_matches_the_strict_path_on_noise(data: str | bytes) -> None:
+    assert _outcome(Proof.from_json, data) == _outcome(strict_from_json, data)
+
+
+def test_json_envelope_duplicate_keys_never_take_the_fast_path() -> None:
+    """msgspec keeps the last duplicate; the quote count must send these to the strict path."""
+    good = json.dumps(_VALID_FIELDS)
+    for key in _VALID_FIELDS:
+        value = json.dumps(_VALID_FIELDS[key])
+        twice = good[:-1] + f', "{key}": {value}}}'
+        assert envelope._fast_from_json(twice, DEFAULT_ENVELOPE_LIMITS) is None
+        assert _outcome(Proof.from_json, twice) == ("MalformedProof", _duplicate_message(key))
+    escaped = good[:-1] + ', "\\u0076": 1}'  # "v" again, spelt with an escape
+    assert envelope._fast_from_json(escaped, DEFAULT_ENVELOPE_LIMITS) is None
+    with pytest.raises(MalformedProof, match="duplicate key 'v'"):
+        Proof.from_json(escaped)
+
+
+def _duplicate_message(key: str) -> str:
+    return f"envelope is not valid JSON: duplicate key {key!r}"
+
+
+def test_honest_envelopes_take_the_fast_path() -> None:
+    """The shortcut must actually be used for what clients send (compact or spaced)."""
+    for fields in (_VALID_FIELDS, _WEBAUTHN_FIELDS):
+        for text in (json.dumps(fields), json.dumps(fields, separators=(",", ":"))):
+            fast = envelope._fast_from_json(text.encode(), DEFAULT_ENVELOPE_LIMITS)
+            assert fast is not None and fast == strict_from_json(text)
