@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proof_messenger.protocol import ALG_WEBAUTHN_ES256, MalformedProof, Proof, envelope
+from proof_messenger.protocol import (
+    ALG_WEBAUTHN_ES256,
+    ContextLimits,
+    InvalidContext,
+    MalformedIntent,
+    MalformedProof,
+    Proof,
+    cbor,
+    context,
+    envelope,
+)
 from proof_messenger.protocol.encoding import b64u_decode, b64u_encode
 from proof_messenger.protocol.envelope import DEFAULT_ENVELOPE_LIMITS
 
@@ -222,3 +233,129 @@ def test_honest_envelopes_take_the_fast_path() -> None:
         for text in (json.dumps(fields), json.dumps(fields, separators=(",", ":"))):
             fast = envelope._fast_from_json(text.encode(), DEFAULT_ENVELOPE_LIMITS)
             assert fast is not None and fast == strict_from_json(text)
+
+
+# --- canonical CBOR ------------------------------------------------------------------------------
+def _strict_decode(data: bytes) -> Any:
+    parser = cbor._Parser(data, True, MalformedIntent)
+    value = parser.item(0, "")
+    if parser.pos != len(data):
+        raise MalformedIntent("trailing")
+    return value
+
+
+def _cbor_map(pairs: list[tuple[str, Any]]) -> bytes:
+    """A map of fewer than 24 pairs, in the given order (maybe not the deterministic one)."""
+    assert len(pairs) < 24
+    return bytes([0xA0 | len(pairs)]) + b"".join(cbor.encode(k) + cbor.encode(v) for k, v in pairs)
+
+
+_KEYS = ["a", "b", "ab", "é", "z", "zz", "éa", "aé", "€", "𝄞", "", "ba"]
+
+
+@given(st.lists(st.sampled_from(_KEYS), max_size=5), st.integers(0, 3))
+def test_cbor_key_order_fast_path_matches_the_strict_decoder(keys: list[str], nest: int) -> None:
+    """Key order by UTF-8 length first: "é" (2 bytes) sorts after "z" and with "ab"."""
+    data = _cbor_map([(k, i) for i, k in enumerate(keys)])
+    for _ in range(nest):
+        data = b"\x81" + data  # inside arrays, too
+    fast = cbor._fast_path(data)
+    strict = _outcome(_strict_decode, data)
+    if fast is cbor._MISS:
+        assert strict[0] != "ok" or len(set(keys)) < len(keys), data.hex()
+    else:
+        assert strict == ("ok", fast)
+    assert _outcome(cbor.decode, data) == strict
+
+
+def test_cbor_every_pair_of_keys_in_both_orders() -> None:
+    for first in _KEYS:
+        for second in _KEYS:
+            data = _cbor_map([(first, 1), (second, 2)])
+            strict = _outcome(_strict_decode, data)
+            assert _outcome(cbor.decode, data) == strict, (first, second)
+            assert (cbor._fast_path(data) is not cbor._MISS) == (strict[0] == "ok")
+
+
+def test_cbor_depth_bound_is_the_same_on_both_paths() -> None:
+    for depth in range(cbor.MAX_DEPTH - 2, cbor.MAX_DEPTH + 3):
+        for leaf in (b"\x80", b"\x01", b"\xa0"):
+            data = b"\x81" * depth + leaf
+            strict = _outcome(_strict_decode, data)
+            assert _outcome(cbor.decode, data) == strict, (depth, leaf)
+            assert (cbor._fast_path(data) is not cbor._MISS) == (strict[0] == "ok")
+
+
+# --- context rules -------------------------------------------------------------------------------
+context_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.text(max_size=5)
+    | st.sampled_from(["\ud800", "ok\udfff", 1.5, b"x", (1, 2), 2**63, -(2**63) - 1, 2**63 - 1])
+)
+context_trees = st.recursive(
+    context_leaves,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3) | st.integers(0, 2), inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+    ),
+    max_leaves=20,
+)
+
+
+def reference_check_shape(ctx: Any, limits: ContextLimits) -> None:
+    """The context shape rules as first written: always the path-building walk."""
+    if not isinstance(ctx, Mapping):
+        raise InvalidContext(f"ctx: must be a map, not {context._kind(ctx)}")
+    context._check(ctx, "ctx", 1, limits.max_depth)
+    kind = ctx.get("type")
+    if kind is None:
+        raise InvalidContext("ctx.type: required key is missing")
+    if not isinstance(kind, str) or context.TYPE_PATTERN.fullmatch(kind) is None:
+        raise InvalidContext("ctx.type: must be 1-64 characters of [a-z0-9_.-]")
+
+
+@given(
+    st.dictionaries(st.text(max_size=4) | st.just("type"), context_trees, max_size=4),
+    st.integers(1, 4),
+)
+def test_context_fast_walk_matches_the_checking_walk(ctx: dict[str, Any], max_depth: int) -> None:
+    limits = ContextLimits(max_depth=max_depth)
+    expected = _outcome(reference_check_shape, ctx, limits)
+    assert _outcome(context._check_shape, ctx, limits) == expected
+    if context._plainly_valid(ctx, max_depth):
+        assert _outcome(context._check, ctx, "ctx", 1, max_depth) == ("ok", None)
+
+
+def test_context_depth_bound_is_the_same_on_both_walks() -> None:
+    for max_depth in (1, 2, 8):
+        for depth in range(1, max_depth + 3):
+            for inner in ([], {}, [1], {"k": 1}):
+                ctx: Any = inner
+                for _ in range(depth - 1):
+                    ctx = {"k": ctx}
+                ctx = {"type": "t", "n": ctx}
+                slow = _outcome(context._check, ctx, "ctx", 1, max_depth)
+                assert context._plainly_valid(ctx, max_depth) == (slow[0] == "ok")
+
+
+_EDGE_LEAVES: list[Any] = [
+    *(None, True, False, 0, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64),
+    *("", "x", "é", "\ud800", "a\udfff", 1.5, float("nan"), b"x", bytearray(b"x"), (1,), ()),
+    *({}, [], {1: "x"}, {"k": 2**63}, ["\ud800"], object()),
+]
+
+
+def test_context_every_edge_leaf_at_every_position() -> None:
+    for leaf in _EDGE_LEAVES:
+        for ctx in (
+            {"type": "t", "x": leaf},
+            {"type": "t", "x": [leaf]},
+            {"type": "t", "x": {"y": [1, leaf]}},
+            {"type": leaf},
+        ):
+            limits = ContextLimits()
+            expected = _outcome(reference_check_shape, ctx, limits)
+            assert _outcome(context._check_shape, ctx, limits) == expected, ctx
