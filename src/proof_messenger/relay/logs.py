@@ -13,10 +13,40 @@ import time
 from typing import Any
 
 import msgspec
-import structlog
-from structlog.typing import EventDict
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "import_structlog"]
+
+
+def import_structlog() -> None:
+    """Import structlog with ``rich`` hidden, once per process, before any relay module does.
+
+    ``import structlog`` always imports ``structlog.dev`` and ``structlog.tracebacks``,
+    which import ``rich`` (a CLI dependency) when it is installed: about 6 MB of RSS and
+    60-130 ms of start-up in every worker, for the coloured console renderer and the
+    locals pretty-printer, neither of which the relay uses (it renders JSON, and
+    ``format_exc_info`` formats tracebacks with the standard library). With
+    ``sys.modules["rich"] = None`` those optional imports fail and structlog falls back to
+    its plain implementations; the entry is restored at once, so the CLI still imports
+    ``rich`` normally afterwards. Called by ``proof_messenger.relay``'s ``__init__``.
+    """
+    if "structlog" in sys.modules:
+        return
+    had_rich = "rich" in sys.modules
+    previous = sys.modules.get("rich")
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401
+    finally:
+        if had_rich:
+            sys.modules["rich"] = previous  # type: ignore[assignment]
+        else:
+            del sys.modules["rich"]
+
+
+import_structlog()
+
+import structlog  # noqa: E402  (after import_structlog: structlog without rich)
+from structlog.typing import EventDict  # noqa: E402
 
 
 def _fallback(value: Any) -> str:
