@@ -124,3 +124,27 @@ async def test_a_hanging_receiver_does_not_hold_up_the_others(store: SQLiteStore
     finally:
         slow.close()
         fast.close()
+
+
+async def test_the_http_client_is_made_on_first_delivery_or_warm_up(store: SQLiteStore) -> None:
+    """Every relay process runs a worker; it holds no HTTP client (httpx) until needed."""
+    ring = Keyring([MasterKey.generate()])
+    rx = Receiver()
+    try:
+        worker = DeliveryWorker(store, ring, WebhookSettings(poll_interval_seconds=0.05))
+        assert await worker.run_once() == 0
+        assert worker._http is None  # nothing to deliver: no client
+        await worker.close()  # closing a worker that never delivered is fine
+        await subscribe(store, ring, "rx", rx.url, "proof.verified")
+        await emit(store, "evt-1", "proof.verified", b'{"proof_id":"p1"}')
+        assert await worker.run_once() == 1
+        assert worker._http is not None
+        (got,) = rx.snapshot()
+        verify_signature(SECRET, got.headers, got.body)
+        await worker.close()
+        warmed = DeliveryWorker(store, ring, WebhookSettings())
+        warmed.warm()
+        assert warmed._http is not None
+        await warmed.close()
+    finally:
+        rx.close()

@@ -14,7 +14,7 @@ import asyncio
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,27 +22,17 @@ from starlette.routing import Route
 
 from ..store.base import ApiKeyRecord, StoreUnavailable
 from .config import Settings
-from .oidc import (
-    IdpUnavailable,
-    JwksCache,
-    OidcSettings,
-    TokenError,
-    TokenVerifier,
-    parse_oidc,
-    roles_from_claims,
-    scopes_from_claims,
-)
 from .openapi import register_paths
-from .policy_runtime import (
-    PolicyConfig,
-    PolicyEnforcer,
-    PolicyManager,
-    authorization_body,
-    load_policy_config,
-)
 from .problems import HTTPProblem, json_response
 from .service import Identity
 from .state import RelayState, relay_state
+
+# The OIDC verifier (httpx, PyJWT) and the policy engine (PyYAML, prometheus counters)
+# are imported only when their section is configured (or a route needs them): a relay
+# without ``oidc:``/``policy:`` starts faster and each worker holds ~20 MB less.
+if TYPE_CHECKING:
+    from .oidc import OidcSettings, TokenError, TokenVerifier
+    from .policy_runtime import PolicyConfig, PolicyManager
 
 __all__ = ["install", "prepare"]
 
@@ -58,8 +48,16 @@ def validate(
     settings: Settings, config_path: Path | None = None
 ) -> tuple[OidcSettings | None, PolicyConfig | None]:
     """Both sections, validated; raises ConfigError naming the setting."""
-    oidc = parse_oidc(settings.extra.get("oidc"))
-    policy = load_policy_config(settings.extra.get("policy"), config_path or _config_path())
+    oidc: OidcSettings | None = None
+    policy: PolicyConfig | None = None
+    if settings.extra.get("oidc") is not None:
+        from .oidc import parse_oidc
+
+        oidc = parse_oidc(settings.extra["oidc"])
+    if settings.extra.get("policy") is not None:
+        from .policy_runtime import load_policy_config
+
+        policy = load_policy_config(settings.extra["policy"], config_path or _config_path())
     return oidc, policy
 
 
@@ -120,6 +118,8 @@ def install(state: RelayState) -> list[Route]:
     register_paths(OPENAPI_PATHS)
     closers = state.features.setdefault("closers", [])
     if oidc is not None:
+        from .oidc import JwksCache, TokenVerifier
+
         jwks = JwksCache(oidc)
         verifier = TokenVerifier(oidc, jwks)
         closers.append(jwks.close)
@@ -129,6 +129,8 @@ def install(state: RelayState) -> list[Route]:
         if oidc.user_tokens is not None:
             state.features["user_identity"] = _user_identity(verifier, oidc)
     if policy is not None:
+        from .policy_runtime import PolicyEnforcer, PolicyManager
+
         manager = PolicyManager(policy, clock=state.clock)
         state.features["policy"] = manager
         state.service.policy = PolicyEnforcer(manager, state.store, clock=state.clock)
@@ -148,6 +150,8 @@ def install(state: RelayState) -> list[Route]:
 
 
 def _token_problem(exc: TokenError, code: str, title: str, realm_error: bool) -> HTTPProblem:
+    from .oidc import IdpUnavailable
+
     if isinstance(exc, IdpUnavailable):
         return HTTPProblem(
             503,
@@ -165,6 +169,8 @@ def _token_problem(exc: TokenError, code: str, title: str, realm_error: bool) ->
 
 
 def _caller_authenticator(verifier: TokenVerifier, oidc: OidcSettings) -> Any:
+    from .oidc import TokenError, scopes_from_claims
+
     assert oidc.callers is not None
     callers = oidc.callers
 
@@ -186,6 +192,8 @@ def _caller_authenticator(verifier: TokenVerifier, oidc: OidcSettings) -> Any:
 
 
 def _user_identity(verifier: TokenVerifier, oidc: OidcSettings) -> Any:
+    from .oidc import TokenError, roles_from_claims
+
     assert oidc.user_tokens is not None
     users = oidc.user_tokens
 
@@ -227,6 +235,8 @@ async def get_authorization(request: Request) -> Response:
         raise HTTPProblem(
             404, "unknown_transaction", "Unknown transaction", "no approvals recorded for this key"
         )
+    from .policy_runtime import authorization_body
+
     manager: PolicyManager | None = state.features.get("policy")
     rule_name = approvals[0].rule
     requirement = None

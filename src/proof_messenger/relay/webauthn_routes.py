@@ -31,16 +31,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from webauthn import generate_registration_options, options_to_json, verify_registration_response
-from webauthn.helpers import decode_credential_public_key
-from webauthn.helpers.cose import COSECRV, COSEAlgorithmIdentifier
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
 from ..protocol import ALG_WEBAUTHN_ES256, b64u_decode, b64u_encode
 from ..store.base import DuplicateKey, KeyRecord, RegistrationChallenge
@@ -52,6 +42,10 @@ from .service import iso
 from .state import RelayState, relay_state
 
 __all__ = ["install"]
+
+# py_webauthn (with its asn1crypto, cbor2 and pyOpenSSL imports, about 25 MB and 0.2 s)
+# is imported by the two handlers that need it, on the first enrolment: most relays
+# never enrol a passkey in most worker lifetimes.
 
 log = structlog.get_logger("proof_messenger.webauthn")
 
@@ -79,6 +73,15 @@ def _origins(state: RelayState) -> list[str]:
 
 
 async def register_options(request: Request) -> Response:
+    from webauthn import generate_registration_options, options_to_json
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier
+    from webauthn.helpers.structs import (
+        AuthenticatorSelectionCriteria,
+        PublicKeyCredentialDescriptor,
+        ResidentKeyRequirement,
+        UserVerificationRequirement,
+    )
+
     state = relay_state(request)
     await state.authenticate(request, "keys:write")
     body = decode_model(
@@ -169,6 +172,10 @@ async def page_options(request: Request) -> Response:
 
 
 async def register_verify(request: Request) -> Response:
+    from webauthn import verify_registration_response
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier
+    from webauthn.helpers.exceptions import WebAuthnException
+
     state = relay_state(request)
     body = decode_model(
         await read_body(request, 64 * 1024, state.settings.limits.request_timeout_seconds),
@@ -247,6 +254,9 @@ async def register_verify(request: Request) -> Response:
 
 def _spki_from_cose(cose_key: bytes) -> bytes:
     """DER SubjectPublicKeyInfo of a COSE EC2 P-256 key (the registry's key format)."""
+    from webauthn.helpers import decode_credential_public_key
+    from webauthn.helpers.cose import COSECRV
+
     decoded = decode_credential_public_key(cose_key)
     x, y = getattr(decoded, "x", None), getattr(decoded, "y", None)
     if getattr(decoded, "crv", None) != COSECRV.P256 or x is None or y is None:

@@ -162,6 +162,9 @@ async def _run_worker(state: RelayState, settings: WebhookSettings, worker: Deli
         except Exception as exc:  # the store may still be coming up; keep trying
             log.warning("webhook.config_sync_failed", error=str(exc)[:300])
             await asyncio.sleep(settings.poll_interval_seconds)
+    with contextlib.suppress(Exception):  # no subscription yet: httpx loads on first use
+        if settings.subscriptions or await state.store.list_webhook_subscriptions():
+            worker.warm()
     try:
         await worker.run()
     finally:
@@ -251,6 +254,9 @@ async def create_webhook(request: Request) -> Response:
         ) from exc
     await _audit(state, request, "webhook.created", sub, f"events={','.join(events)}")
     log.info("webhook.created", subscription_id=sub_id, events=list(events))
+    worker: DeliveryWorker | None = state.features.get("webhooks", {}).get("worker")
+    if worker is not None:
+        worker.warm()
     # The secret is shown once, here; it is stored encrypted and never returned again.
     return json_response(
         {**subscription_view(sub), "secret": secret}, 201, {"Location": f"/webhooks/{sub_id}"}

@@ -23,9 +23,9 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 import structlog
 from prometheus_client import Counter
@@ -36,6 +36,11 @@ from ..audit.errors import DecryptionError
 from ..store.base import DeliveryTask, Store, StoreError
 from .config import WebhookSettings
 from .signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
+
+# httpx (about 10 MB and 0.1 s with httpcore, anyio and h11) is imported when the first
+# delivery is sent: every relay process runs a worker, most never deliver anything.
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["DeliveryWorker", "backoff_delay", "delivery_body"]
 
@@ -106,19 +111,34 @@ class DeliveryWorker:
         self.rng = rng
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.timeout_seconds),
-            follow_redirects=False,
-            transport=transport,
-            headers={"User-Agent": f"Proof-Messenger-Webhooks/{__version__}"},
-        )
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        """The HTTP client, made (and httpx imported) on the first delivery."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.timeout_seconds),
+                follow_redirects=False,
+                transport=self._transport,
+                headers={"User-Agent": f"Proof-Messenger-Webhooks/{__version__}"},
+            )
+        return self._http
+
+    def warm(self) -> None:
+        """Make the HTTP client now, when deliveries are expected (a subscription exists),
+        so that the first delivery does not wait for the import."""
+        self._client()
 
     def wake(self) -> None:
         """Look for work now (called when an event was just written)."""
         self._wake.set()
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def run(self) -> None:
         """Until cancelled: keep up to ``concurrency`` deliveries in flight.
@@ -200,9 +220,11 @@ class DeliveryWorker:
             EVENT_HEADER: d.event_type,
             DELIVERY_HEADER: d.id,
         }
+        import httpx
+
         status: int | None = None
         try:
-            response = await self._client.post(task.url, content=body, headers=headers)
+            response = await self._client().post(task.url, content=body, headers=headers)
             status = response.status_code
             await response.aclose()
         except httpx.HTTPError as exc:
