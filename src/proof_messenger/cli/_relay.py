@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import click
-from rich.console import Console
 
-from ..relay.app import store_from_settings
 from ..relay.config import ConfigError, Settings, load_settings
+from ..relay.startup import store_from_settings
 from ..store.base import Store, StoreError
 
 T = TypeVar("T")
-err = Console(stderr=True, highlight=False)
 
 config_option = click.option(
     "--config",
@@ -28,7 +26,10 @@ config_option = click.option(
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    # rich is imported here, not at the top: `serve` reaches uvicorn without it.
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
     sys.exit(code)
 
 

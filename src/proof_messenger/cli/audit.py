@@ -14,9 +14,9 @@ from rich.table import Table
 
 from ..audit.chain import ChainReport, verify_chain_async
 from ..audit.errors import DecryptionError
-from ..relay.app import load_or_create_keyring
 from ..relay.routes.audit import event_view
 from ..relay.service import iso
+from ..relay.startup import load_or_create_keyring
 from ..store.base import AuditFilter, AuditPage, AuditRecord, Store
 from ._relay import config_option, fail, settings_from, with_store
 

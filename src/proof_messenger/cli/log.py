@@ -280,7 +280,7 @@ def check_receipt_cmd(file: Path, public_key: Path) -> None:
 def public_key_cmd(config_path: Path | None) -> None:
     """Print the log's verifier key string and PEM public key (from the key file)."""
     from ..audit.checkpoint import public_key_pem
-    from ..relay.log_routes import load_or_create_log_key, log_config
+    from ..relay.log_keys import load_or_create_log_key, log_config
 
     settings = settings_from(config_path)
     cfg = log_config(settings)
@@ -300,7 +300,7 @@ def rotate_key_cmd(config_path: Path | None) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from ..audit.checkpoint import LogKeyError, load_log_key
-    from ..relay.log_routes import check_log_key, log_config
+    from ..relay.log_keys import check_log_key, log_config
     from ..store.base import LogKeyRecord, Store
 
     settings = settings_from(config_path)

@@ -11,18 +11,23 @@ from importlib import import_module
 import click
 
 from .. import __version__
-from .proofs import inspect_cmd, keygen, sign, verify
 
-#: Relay-side command groups, imported only when used, so that the offline commands
-#: (keygen, sign, verify, inspect) start without loading the web stack.
-LAZY_COMMANDS: dict[str, str] = {
-    "serve": "proof_messenger.cli.serve",
-    "apikey": "proof_messenger.cli.apikey",
-    "audit": "proof_messenger.cli.audit",
-    "db": "proof_messenger.cli.db",
-    "log": "proof_messenger.cli.log",
-    "masterkey": "proof_messenger.cli.masterkey",
-    "policy": "proof_messenger.cli.policy",
+#: Every command, imported only when used (module, attribute): the offline commands
+#: (keygen, sign, verify, inspect) start without loading the web stack, and ``serve``
+#: reaches uvicorn without importing rich (the offline commands' tables) or the other
+#: command groups.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "keygen": ("proof_messenger.cli.proofs", "keygen"),
+    "sign": ("proof_messenger.cli.proofs", "sign"),
+    "verify": ("proof_messenger.cli.proofs", "verify"),
+    "inspect": ("proof_messenger.cli.proofs", "inspect_cmd"),
+    "serve": ("proof_messenger.cli.serve", "command"),
+    "apikey": ("proof_messenger.cli.apikey", "command"),
+    "audit": ("proof_messenger.cli.audit", "command"),
+    "db": ("proof_messenger.cli.db", "command"),
+    "log": ("proof_messenger.cli.log", "command"),
+    "masterkey": ("proof_messenger.cli.masterkey", "command"),
+    "policy": ("proof_messenger.cli.policy", "command"),
 }
 
 
@@ -32,7 +37,8 @@ class _LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in LAZY_COMMANDS:
-            command: click.Command = import_module(LAZY_COMMANDS[name]).command
+            module, attribute = LAZY_COMMANDS[name]
+            command: click.Command = getattr(import_module(module), attribute)
             return command
         return super().get_command(ctx, name)
 
@@ -41,12 +47,6 @@ class _LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="proof-messenger")
 def cli() -> None:
     """Create and verify non-repudiable approvals of exact transactions."""
-
-
-cli.add_command(keygen)
-cli.add_command(sign)
-cli.add_command(verify)
-cli.add_command(inspect_cmd)
 
 
 def main() -> None:

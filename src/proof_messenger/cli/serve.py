@@ -6,12 +6,14 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
 
 from ..configuration import ConfigError
 from ..relay.config import Settings
+from ..store.base import Store
 from ._relay import config_option, fail, settings_from, with_store
 
 
@@ -43,7 +45,6 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
 
     import uvicorn
 
-    from ..relay.app import load_or_create_keyring
     from ..relay.logs import configure_logging
 
     configure_logging(settings.log_level)
@@ -51,14 +52,9 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         # Before validating: relative policy.file paths resolve against the config file.
         os.environ["PROOF_MESSENGER_CONFIG"] = str(config_path.resolve())
     _validate_features(settings)  # nothing is created for a configuration that is refused
-    # Done once here, before workers fork: migrations, and the keys (two workers
+    # Done once here, before workers start: migrations, and the keys (two workers
     # generating two different keys would make half the audit log undecryptable).
-    with_store(settings, _noop)
-    try:
-        load_or_create_keyring(settings.master_key_file)
-    except Exception as exc:
-        fail(f"master_key_file ({settings.master_key_file}): {exc}")
-    _prepare_log_key(settings)
+    _prepare(settings)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pm-metrics-")
     # uvicorn drains and shuts the app down on SIGTERM, then re-raises the signal with
@@ -71,6 +67,9 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        # The relay has no WebSocket routes: "none" spares every worker the import of the
+        # websockets package (about 4 MB and 60 ms); an upgrade request is answered as HTTP.
+        ws="none",
         log_config=None,
         access_log=False,
         proxy_headers=True,
@@ -85,28 +84,44 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
-async def _noop(store: object) -> None:
-    return None
-
-
 def _validate_features(settings: Settings) -> None:
     """A bad policy, oidc or webhooks section stops `serve` with exit 2, before any file,
     key or database is created and before workers fork."""
-    from ..relay import policy_routes
     from ..webhooks.config import parse_webhook_settings
 
     try:
-        policy_routes.prepare(settings)
+        if settings.extra.get("oidc") is not None or settings.extra.get("policy") is not None:
+            # Only then: policy_routes imports the web stack (and the sections' parsers).
+            from ..relay import policy_routes
+
+            policy_routes.prepare(settings)
         parse_webhook_settings(settings.extra.get("webhooks"))
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}")
 
 
-def _prepare_log_key(settings: Settings) -> None:
-    """The log signing key is generated on first start, once, before workers fork."""
-    from ..relay import log_routes
+def _prepare(settings: Settings) -> None:
+    """Migrations, the master key, and the log key created and checked against the key
+    history, in one store session (the parent used to open and migrate the store twice;
+    only this light path is imported here: the web stack loads in the workers)."""
+    from ..relay.log_keys import check_log_key, load_or_create_log_key, log, log_config
+    from ..relay.startup import load_or_create_keyring
 
     try:
-        log_routes.prepare(settings)
+        config = log_config(settings)
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}")
+
+    async def keys(store: Store) -> tuple[str | None, str | None]:
+        try:
+            load_or_create_keyring(settings.master_key_file)
+        except Exception as exc:
+            return f"master_key_file ({settings.master_key_file}): {exc}", None
+        key = load_or_create_log_key(settings.log_key_file)
+        return None, await check_log_key(store, key, time.time())
+
+    error, warning = with_store(settings, keys)
+    if error is not None:
+        fail(error)
+    if warning:
+        log.error("log_key.unrecorded_change", detail=warning, origin=config.origin)

@@ -11,7 +11,6 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,9 +23,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..audit.crypto import Keyring, generate_master_key_file, load_keyring
+from ..audit.crypto import Keyring
 from ..protocol.errors import ProofMessengerError
-from ..store import open_store
 from ..store.base import Store, StoreUnavailable
 from .config import Settings
 from .metrics import metrics
@@ -34,6 +32,7 @@ from .problems import HTTPProblem, problem_response
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .routes import audit, docs, health, keys, verify
 from .service import VerificationService
+from .startup import load_or_create_keyring, store_from_settings
 from .state import RelayState
 
 __all__ = ["create_app", "load_or_create_keyring", "store_from_settings"]
@@ -45,23 +44,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: extra routes; this is how approvals, webauthn, webhooks and the Merkle log plug in
 #: without the core importing them.
 Extension = Callable[[RelayState], list[Any]]
-
-
-def load_or_create_keyring(path: str) -> Keyring:
-    file = Path(path)
-    if not file.exists():
-        file.parent.mkdir(parents=True, exist_ok=True)
-        key_id = generate_master_key_file(file)
-        log.warning(
-            "master_key.generated",
-            path=str(file),
-            key_id=key_id,
-            hint="back this file up: audit contexts cannot be decrypted without it",
-        )
-    keyring = load_keyring(file)
-    for warning in keyring.warnings:
-        log.warning("master_key.permissions", path=str(file), detail=warning)
-    return keyring
 
 
 def create_app(
@@ -214,19 +196,6 @@ class RelayApp(Starlette):
 
 def _has_origin(scope: Scope) -> bool:
     return any(name == b"origin" for name, _ in scope["headers"])
-
-
-def store_from_settings(settings: Settings, *, max_connections: int | None = None) -> Store:
-    """The configured store (not opened). Raises ValueError for a bad URL."""
-    db = settings.database
-    if db.url.startswith("sqlite:"):
-        return open_store(db.url)
-    return open_store(
-        db.url,
-        max_connections=max_connections or db.max_connections,
-        connection_timeout=db.connection_timeout,
-        replica_dsns=db.replica_urls,
-    )
 
 
 async def _make_limiter(settings: Settings) -> RateLimiter:
