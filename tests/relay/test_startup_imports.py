@@ -17,7 +17,16 @@ from typing import Any
 from tests.conftest import REPO
 
 #: Loaded on first use (or when their config section is present), never at start-up.
-LAZY = ("webauthn", "httpx", "jwt", "rich", "websockets", "proof_messenger.relay.oidc")
+LAZY = [
+    "webauthn",
+    "httpx",
+    "jwt",
+    "rich",
+    "greenlet",
+    "websockets",
+    "proof_messenger.relay.oidc",
+    "proof_messenger.relay.policy_runtime",
+]
 LAZY_POLICY = "proof_messenger.relay.policy_runtime"
 
 
@@ -47,7 +56,9 @@ def run_python(code: str, cfg: Path) -> dict[str, Any]:
     return result
 
 
-WORKER = """
+WORKER = (
+    f"LAZY = {LAZY!r}"
+    + """
 import asyncio, json, sys
 from proof_messenger.relay.asgi import app_factory
 app = app_factory()
@@ -55,14 +66,14 @@ async def main():
     async with app.router.lifespan_context(app):
         pass
 asyncio.run(main())
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"webauthn", "httpx", "jwt", "rich",
-    "websockets"} or m in {"proof_messenger.relay.oidc", "proof_messenger.relay.policy_runtime"})
+loaded = sorted(m for m in LAZY if m in sys.modules)
 import structlog.dev
 structlog_rich = structlog.dev.rich is not None
 from rich.console import Console  # the CLI's rich still imports after structlog
 paths = sorted({getattr(r, "path", "") for r in app.router.routes})
 print(json.dumps({"loaded": loaded, "structlog_rich": structlog_rich, "paths": paths}))
 """
+)
 
 
 def test_worker_imports_no_optional_feature_when_unconfigured(tmp_path: Path) -> None:

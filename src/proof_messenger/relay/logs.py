@@ -17,30 +17,38 @@ import msgspec
 __all__ = ["configure_logging", "import_structlog"]
 
 
+#: Optional packages structlog imports when installed, for features the relay does not use.
+_HIDDEN_FROM_STRUCTLOG = ("rich", "greenlet")
+
+
 def import_structlog() -> None:
-    """Import structlog with ``rich`` hidden, once per process, before any relay module does.
+    """Import structlog with ``rich`` and ``greenlet`` hidden, once per process, before any
+    relay module does.
 
     ``import structlog`` always imports ``structlog.dev`` and ``structlog.tracebacks``,
-    which import ``rich`` (a CLI dependency) when it is installed: about 6 MB of RSS and
-    60-130 ms of start-up in every worker, for the coloured console renderer and the
-    locals pretty-printer, neither of which the relay uses (it renders JSON, and
-    ``format_exc_info`` formats tracebacks with the standard library). With
-    ``sys.modules["rich"] = None`` those optional imports fail and structlog falls back to
-    its plain implementations; the entry is restored at once, so the CLI still imports
-    ``rich`` normally afterwards. Called by ``proof_messenger.relay``'s ``__init__``.
+    which import ``rich`` (a CLI dependency) when it is installed, and
+    ``structlog.threadlocal``, which imports ``greenlet`` when some other package brought
+    it in: about 7 MB of RSS and 60-130 ms of start-up in every worker, for the coloured
+    console renderer, the locals pretty-printer and greenlet-local context, none of
+    which the relay uses (it renders JSON, and ``format_exc_info`` formats tracebacks
+    with the standard library). With ``sys.modules[name] = None`` those optional imports
+    fail and structlog falls back to its plain implementations; the entries are restored
+    at once, so the CLI still imports ``rich`` normally afterwards. Called when
+    ``proof_messenger.relay`` is first imported.
     """
     if "structlog" in sys.modules:
         return
-    had_rich = "rich" in sys.modules
-    previous = sys.modules.get("rich")
-    sys.modules["rich"] = None  # type: ignore[assignment]
+    saved = {name: sys.modules[name] for name in _HIDDEN_FROM_STRUCTLOG if name in sys.modules}
+    for name in _HIDDEN_FROM_STRUCTLOG:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         import structlog  # noqa: F401
     finally:
-        if had_rich:
-            sys.modules["rich"] = previous  # type: ignore[assignment]
-        else:
-            del sys.modules["rich"]
+        for name in _HIDDEN_FROM_STRUCTLOG:
+            if name in saved:
+                sys.modules[name] = saved[name]
+            else:
+                del sys.modules[name]
 
 
 import_structlog()
