@@ -28,7 +28,6 @@ from ..audit.checkpoint import public_key_pem as pem_of
 from ..audit.merkle import EMPTY_ROOT, consistency_proof_from, inclusion_proof_from
 from ..store import _merkle
 from ..store.base import CheckpointRecord, Store
-from .config import Settings
 from .http import query_int, query_one, resource
 from .log_keys import LogConfig, check_log_key, load_or_create_log_key, log_config
 from .openapi import register_paths
@@ -43,7 +42,6 @@ __all__ = [
     "install",
     "load_or_create_log_key",
     "log_config",
-    "prepare",
 ]
 
 log = structlog.get_logger("proof_messenger.log")
@@ -344,29 +342,6 @@ def install(state: RelayState) -> list[Route]:
         asyncio.get_running_loop().create_task(svc.run_periodic(), name="log-checkpoints")
     )
     return list(routes)
-
-
-def prepare(settings: Settings) -> None:
-    """Once before workers fork: create the key file and record/check it in the key history."""
-    import time
-
-    from .startup import store_from_settings
-
-    config = log_config(settings)
-    key = load_or_create_log_key(settings.log_key_file)
-
-    async def run() -> str | None:
-        store = store_from_settings(settings, max_connections=2)
-        await store.open()
-        try:
-            await store.migrate()
-            return await check_log_key(store, key, time.time())
-        finally:
-            await store.close()
-
-    warning = asyncio.run(run())
-    if warning:
-        log.error("log_key.unrecorded_change", detail=warning, origin=config.origin)
 
 
 def _text(description: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from .state import RelayState, relay_state
 
 # The OIDC verifier (httpx, PyJWT) and the policy engine (PyYAML, prometheus counters)
 # are imported only when their section is configured (or a route needs them): a relay
-# without ``oidc:``/``policy:`` starts faster and each worker holds ~20 MB less.
+# without ``oidc:``/``policy:`` starts faster and each worker holds several MB less.
 if TYPE_CHECKING:
     from .oidc import OidcSettings, TokenError, TokenVerifier
     from .policy_runtime import PolicyConfig, PolicyManager
