@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import compileall
 import contextlib
 import http.client
 import json
@@ -716,6 +717,9 @@ def main() -> int:
     def want(name: str) -> bool:
         return not wanted or name in wanted
 
+    # An installed relay (wheel, Docker image) ships compiled bytecode; a checkout run
+    # with PYTHONDONTWRITEBYTECODE would compile every module in every worker at start.
+    compileall.compile_dir(REPO / "src", quiet=1)
     results_dir = HERE / "results"
     t0 = time.monotonic()
     proofs, cached = proofgen.load_or_generate(results_dir, AUDIENCE, opts.proofs, opts.keys)
