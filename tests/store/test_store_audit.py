@@ -16,6 +16,7 @@ from proof_messenger.audit.chain import (
     verify_chain_async,
 )
 from proof_messenger.store import AuditFilter, AuditRecord, OutboxEvent, Store, StoreUnavailable
+from proof_messenger.store.base import WebhookSubscription
 
 from .conftest import T0, Target, make_draft
 
@@ -114,8 +115,21 @@ async def test_two_instances_append_concurrently_without_forking(target: Target)
     assert report.ok, report.problem
 
 
+def live_subscription(sub_id: str = "all") -> WebhookSubscription:
+    return WebhookSubscription(
+        id=sub_id,
+        url=f"https://receiver.example/{sub_id}",
+        events=("proof.verified", "key.used"),
+        secret_key_id="mk-1",
+        secret_ct=b"\x00" * 40,
+        source="api",
+        created_at=T0 - 100,
+    )
+
+
 async def test_outbox_rows_are_written_with_their_audit_row(target: Target) -> None:
     store = await target.store()
+    await store.insert_webhook_subscription(live_subscription())
     d = make_draft(1)
     events = [OutboxEvent("proof.verified", b'{"a":1}'), OutboxEvent("key.used", b'{"b":2}')]
     res = await store.append(d, outbox=events)
@@ -134,6 +148,27 @@ async def test_outbox_rows_are_written_with_their_audit_row(target: Target) -> N
     r = await store.append(make_draft(4), claim_digest=digest, outbox=events)
     assert r.replayed
     assert len(await target.fetch("SELECT id FROM outbox")) == 2
+
+
+async def test_no_outbox_rows_without_a_live_subscription(target: Target) -> None:
+    """With no live webhook subscription nobody can receive an event: no outbox row (and
+    no fan-out work). A subscription gets the events committed after it exists."""
+    if target.kind != "postgres":
+        pytest.skip("the SQLite store skips the outbox in a separate change")
+    store = await target.store()
+    events = [OutboxEvent("proof.verified", b'{"a":1}')]
+    assert (await store.append(make_draft(1), outbox=events)).record is not None
+    assert await target.fetch("SELECT id FROM outbox") == []
+    await store.insert_webhook_subscription(live_subscription())
+    later = make_draft(2)
+    await store.append(later, outbox=events)
+    rows = await target.fetch("SELECT event_id FROM outbox")
+    assert [r[0] for r in rows] == [later.event_id]
+    assert await store.fan_out_outbox(T0 + 10, 100) == 1
+    # A deleted subscription is not live: back to no outbox rows.
+    assert await store.delete_webhook_subscription("all", T0 + 20)
+    await store.append(make_draft(3), outbox=events)
+    assert len(await target.fetch("SELECT id FROM outbox")) == 1
 
 
 async def test_list_audit_cursor_walks_every_row_once_newest_first(target: Target) -> None:

@@ -185,6 +185,9 @@ SUBSCRIPTION_SELECT = (
     "FROM webhook_subscriptions"
 )
 MAX_WEBHOOK_ERROR = 500
+#: SQL expression (both dialects): is any webhook subscription live? The group commit
+#: writes outbox rows only if so; with none, no event could ever be delivered.
+ANY_LIVE_SUBSCRIPTION = "EXISTS (SELECT 1 FROM webhook_subscriptions WHERE deleted_at IS NULL)"
 
 
 def webhook_delivery_id(event_id: str, event_type: str, subscription_id: str) -> str:

@@ -23,6 +23,7 @@ from proof_messenger.audit.merkle import CompactTree
 
 from . import _merkle
 from ._common import (
+    ANY_LIVE_SUBSCRIPTION,
     APPROVAL_COLUMNS,
     APPROVAL_SELECT,
     AUDIT_SELECT,
@@ -100,20 +101,6 @@ T = TypeVar("T")
 _MIGRATION_LOCK_ID = 0x706D2D6D696772
 #: How long a replica that failed is skipped before it is tried again.
 REPLICA_RETRY_SECONDS = 30.0
-_INSERT_AUDIT = (
-    "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
-    "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
-    "context_key_id, context_ct, prev_hash, entry_hash, leaf_hash) "
-    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
-    "$6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], "
-    "$13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[], "
-    "$19::bytea[], $20::bytea[])"
-)
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (event_id, event_type, payload, created_at, next_attempt_at) "
-    "SELECT e, t, p, c, c FROM unnest($1::text[], $2::text[], $3::bytea[], "
-    "$4::double precision[]) AS u(e, t, p, c)"
-)
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
     "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
@@ -121,11 +108,46 @@ _INSERT_APPROVAL = (
     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
 assert _INSERT_APPROVAL.count("$") == len(APPROVAL_COLUMNS)
-_CLAIM = (
-    "INSERT INTO replay (digest, accepted_at, event_id) "
+# Group commit, round trip 2 of 4: lock the chain head, claim the batch's digests (ON
+# CONFLICT: a digest already there is a replay) and ask whether any webhook subscription is
+# live. The claim's WHERE reads the locked head, so the head row is locked before any
+# digest is claimed, as when they were two statements: two processes claiming the same
+# digest queue on the head first and cannot deadlock.
+_LOCK_AND_CLAIM = (
+    "WITH head AS (SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1 "
+    "FOR UPDATE), "
+    "claimed AS (INSERT INTO replay (digest, accepted_at, event_id) "
     "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) "
-    "ON CONFLICT (digest) DO NOTHING RETURNING digest"
+    "WHERE EXISTS (SELECT 1 FROM head) "
+    "ON CONFLICT (digest) DO NOTHING RETURNING digest) "
+    "SELECT seq, entry_hash, merkle_frontier, ARRAY(SELECT digest FROM claimed), "
+    "EXISTS (SELECT 1 FROM webhook_subscriptions WHERE deleted_at IS NULL) FROM head"
 )
+assert ANY_LIVE_SUBSCRIPTION in _LOCK_AND_CLAIM
+# Round trip 3 of 4: the batch's audit rows, the Merkle nodes it completes, its outbox
+# rows (empty arrays insert nothing) and the new chain head, in one statement.
+_WRITE_BATCH = (
+    "WITH audit_rows AS (INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, "
+    "kid, tx_type, amount_minor, currency, error_code, proof_id, client_ip, user_agent, "
+    "detail, context_key_id, context_ct, prev_hash, entry_hash, leaf_hash) "
+    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
+    "$6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], "
+    "$13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[], "
+    "$19::bytea[], $20::bytea[])), "
+    "node_rows AS (INSERT INTO merkle_nodes (level, idx, hash) "
+    "SELECT * FROM unnest($21::int[], $22::bigint[], $23::bytea[])), "
+    "outbox_rows AS (INSERT INTO outbox (event_id, event_type, payload, created_at, "
+    "next_attempt_at) SELECT e, t, p, c, c FROM unnest($24::text[], $25::text[], "
+    "$26::bytea[], $27::double precision[]) AS u(e, t, p, c)) "
+    "UPDATE chain_head SET seq = $28, entry_hash = $29, merkle_frontier = $30 WHERE id = 1"
+)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (unnest parameters); ``width`` empty lists if no rows."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(c) for c in zip(*rows, strict=True)]
 
 
 async def _keep_session(con: Any) -> None:
@@ -442,6 +464,10 @@ class PostgresStore:
         return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
+        """One transaction in four round trips: BEGIN; lock the head + claim the digests +
+        ask whether any webhook subscription is live (_LOCK_AND_CLAIM); every row of the
+        batch + the new head (_WRITE_BATCH); COMMIT. Approval transitions and N-of-M
+        approval rows (rare) add their own statements."""
         # Within the batch the first claimant of a digest wins; later ones are replays.
         seen: set[bytes] = set()
         claims: list[PendingAppend] = []
@@ -451,7 +477,10 @@ class PostgresStore:
                 claims.append(item)
         async with self._conn("audit append") as con, con.transaction():
             head = await con.fetchrow(
-                "SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1 FOR UPDATE"
+                _LOCK_AND_CLAIM,
+                [c.claim_digest for c in claims],
+                [time_to_micros(c.draft.time) for c in claims],
+                [c.draft.event_id for c in claims],
             )
             if head is None:
                 raise StoreUnavailable("chain head missing: database not migrated")
@@ -460,15 +489,11 @@ class PostgresStore:
                 raise StoreError(
                     f"Merkle frontier has {tree.size} leaves but the chain has {head[0]} rows"
                 )
-            won: set[bytes] = set()
-            if claims:
-                rows = await con.fetch(
-                    _CLAIM,
-                    [c.claim_digest for c in claims],
-                    [time_to_micros(c.draft.time) for c in claims],
-                    [c.draft.event_id for c in claims],
-                )
-                won = {bytes(r[0]) for r in rows}
+            won = {bytes(d) for d in head[3]}
+            # No live subscription: nobody could ever receive these events (a subscription
+            # created later only gets events that happen after it), so write no outbox row
+            # and leave the fan-out nothing to do.
+            want_outbox = bool(head[4])
             seq, prev_hash = int(head[0]), bytes(head[1])
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
@@ -495,40 +520,34 @@ class PostgresStore:
                 seq, prev_hash = record.seq, record.entry_hash
                 records.append(record)
                 results.append(AppendResult(record=record))
-                outbox_rows.extend(
-                    (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
-                    for ev in item.outbox
-                )
+                if want_outbox:
+                    outbox_rows.extend(
+                        (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
+                        for ev in item.outbox
+                    )
                 if item.policy_approval is not None:  # policy engine
                     approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
                 leaves = [_merkle.record_leaf_hash(r) for r in records]
-                columns = list(
-                    zip(
-                        *(
-                            (*audit_row_values(r), leaf)
-                            for r, leaf in zip(records, leaves, strict=True)
-                        ),
-                        strict=True,
-                    )
+                audit_columns = zip(
+                    *(
+                        (*audit_row_values(r), leaf)
+                        for r, leaf in zip(records, leaves, strict=True)
+                    ),
+                    strict=True,
                 )
-                await con.execute(_INSERT_AUDIT, *(list(c) for c in columns))
                 tree, nodes = _merkle.extend_tree(tree, leaves)
-                if nodes:
-                    await con.execute(_INSERT_NODES, *(list(c) for c in zip(*nodes, strict=True)))
-                if outbox_rows:
-                    await con.execute(
-                        _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))
-                    )
-                if approval_rows:  # policy engine
-                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
                 await con.execute(
-                    "UPDATE chain_head SET seq = $1, entry_hash = $2, merkle_frontier = $3 "
-                    "WHERE id = 1",
+                    _WRITE_BATCH,
+                    *(list(c) for c in audit_columns),
+                    *_columns(nodes, 3),
+                    *_columns(outbox_rows, 4),
                     seq,
                     prev_hash,
                     tree.to_bytes(),
                 )
+                if approval_rows:  # policy engine
+                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
         return results
 
     # --- approvals and registration ceremonies ---------------------------------------
