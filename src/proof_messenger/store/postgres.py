@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -108,6 +108,10 @@ _INSERT_APPROVAL = (
     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
 assert _INSERT_APPROVAL.count("$") == len(APPROVAL_COLUMNS)
+# The coalesced point reads (ReadCoalescer): one query for many keys.
+_SELECT_KEYS = SELECT_KEY + " WHERE kid = ANY($1::text[])"
+_SELECT_API_KEYS = SELECT_API_KEY + " WHERE id = ANY($1::text[])"
+_SELECT_APPROVALS_BY_NONCE = APPROVAL_SELECT + " WHERE nonce = ANY($1::bytea[])"
 # Group commit, round trip 2 of 4: lock the chain head, claim the batch's digests (ON
 # CONFLICT: a digest already there is a replay) and ask whether any webhook subscription is
 # live. The claim's WHERE reads the locked head, so the head row is locked before any
@@ -186,6 +190,80 @@ def _translate(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc!r}") from exc
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class ReadCoalescer(Generic[K, V]):
+    """Point reads by unique key from concurrent requests share one query.
+
+    Every ``/verify`` reads its API key, its signing key and (approvals) the nonce's
+    request: three round trips and pool acquisitions per proof, most of the relay's
+    database cost. Here the reads asked for in one event-loop pass are sent as ONE
+    ``... = ANY($1)`` query. While ``max_in_flight`` queries are running, new reads wait
+    and go together in the next one.
+
+    Not a cache: a read is always answered by a query that STARTS after it was asked
+    (a read never joins a query already sent), so a revocation committed before the read
+    is seen, exactly as with one query per read.
+    """
+
+    def __init__(
+        self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]], *, max_in_flight: int = 1
+    ) -> None:
+        self._fetch = fetch
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._pending: dict[K, list[asyncio.Future[V | None]]] = {}
+        self._scheduled = False
+
+    async def get(self, key: K) -> V | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[V | None] = loop.create_future()
+        self._pending.setdefault(key, []).append(future)
+        if not self._scheduled:
+            # After the callbacks already due in this pass: their reads join this query.
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await future
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        if not self._pending or self._in_flight >= self._max_in_flight:
+            return  # the query in flight dispatches these when it ends
+        pending, self._pending = self._pending, {}
+        self._in_flight += 1
+        asyncio.get_running_loop().create_task(self._run(pending))
+
+    async def _run(self, pending: dict[K, list[asyncio.Future[V | None]]]) -> None:
+        try:
+            found = await self._fetch(list(pending))
+        except BaseException as exc:
+            for futures in pending.values():
+                for future in futures:
+                    if not future.done():
+                        # One exception object per caller: they are raised in many tasks.
+                        error = (
+                            type(exc)(*exc.args)
+                            if isinstance(exc, StoreError)
+                            else StoreUnavailable(f"read failed: {exc!r}")
+                        )
+                        error.__cause__ = exc
+                        future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for key, futures in pending.items():
+                value = found.get(key)
+                for future in futures:
+                    if not future.done():  # a caller that gave up (cancelled) is skipped
+                        future.set_result(value)
+        finally:
+            self._in_flight -= 1
+            if self._pending and not self._scheduled:
+                self._dispatch()
+
+
 class PostgresStore:
     """``Store`` on PostgreSQL through an asyncpg pool."""
 
@@ -214,6 +292,10 @@ class PostgresStore:
         #: replica that silently drops packets costs one connection timeout, not one per read.
         self._replica_down_until: dict[int, float] = {}
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
+        # The per-request point reads of /verify (see ReadCoalescer).
+        self._api_keys = ReadCoalescer(self._fetch_api_keys)
+        self._keys = ReadCoalescer(self._fetch_keys)
+        self._approvals_by_nonce = ReadCoalescer(self._fetch_approvals_by_nonce)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -352,9 +434,12 @@ class PostgresStore:
             raise DuplicateKey(f"key {record.kid!r} is already registered") from exc
 
     async def get_key(self, kid: str) -> KeyRecord | None:
+        return await self._keys.get(kid)
+
+    async def _fetch_keys(self, kids: list[str]) -> dict[str, KeyRecord]:
         async with self._conn("get_key") as con:
-            row = await con.fetchrow(SELECT_KEY + " WHERE kid = $1", kid)
-        return None if row is None else key_from_row(row, tuple)
+            rows = await con.fetch(_SELECT_KEYS, kids)
+        return {r[0]: key_from_row(r, tuple) for r in rows}
 
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         async with self._conn("list_keys") as con:
@@ -408,9 +493,12 @@ class PostgresStore:
             raise DuplicateKey(f"API key {record.id!r} already exists") from exc
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        return await self._api_keys.get(key_id)
+
+    async def _fetch_api_keys(self, ids: list[str]) -> dict[str, ApiKeyRecord]:
         async with self._conn("get_api_key") as con:
-            row = await con.fetchrow(SELECT_API_KEY + " WHERE id = $1", key_id)
-        return None if row is None else api_key_from_row(row, tuple)
+            rows = await con.fetch(_SELECT_API_KEYS, ids)
+        return {r[0]: api_key_from_row(r, tuple) for r in rows}
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         async with self._conn("list_api_keys") as con:
@@ -562,9 +650,13 @@ class PostgresStore:
         return None if row is None else approval_from_row(row)
 
     async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
+        return await self._approvals_by_nonce.get(bytes(nonce))
+
+    async def _fetch_approvals_by_nonce(self, nonces: list[bytes]) -> dict[bytes, ApprovalRecord]:
         async with self._conn("get_approval_by_nonce") as con:
-            row = await con.fetchrow(APPROVAL_SELECT + " WHERE nonce = $1", nonce)
-        return None if row is None else approval_from_row(row)
+            rows = await con.fetch(_SELECT_APPROVALS_BY_NONCE, nonces)
+        records = (approval_from_row(r) for r in rows)
+        return {r.nonce: r for r in records}  # nonce is UNIQUE
 
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         async with self._conn("list_due_approvals") as con:
