@@ -112,6 +112,24 @@ assert _INSERT_APPROVAL.count("$") == len(APPROVAL_COLUMNS)
 _SELECT_KEYS = SELECT_KEY + " WHERE kid = ANY($1::text[])"
 _SELECT_API_KEYS = SELECT_API_KEY + " WHERE id = ANY($1::text[])"
 _SELECT_APPROVALS_BY_NONCE = APPROVAL_SELECT + " WHERE nonce = ANY($1::bytea[])"
+# Webhooks: is there anything for the fan-out to do? (index outbox_due)
+_ANY_PENDING_OUTBOX = "SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')"
+_LEASE_DUE_DELIVERIES = (
+    "WITH leased AS (UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 "
+    "WHERE id IN (SELECT d.id FROM webhook_deliveries d "
+    "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+    "WHERE d.status = 'pending' AND d.next_attempt_at <= $3 "
+    "AND (d.lease_until IS NULL OR d.lease_until < $3) AND s.deleted_at IS NULL "
+    "ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) "
+    "RETURNING id) "
+)
+_CLAIM_DUE_DELIVERIES = (
+    _LEASE_DUE_DELIVERIES
+    + "SELECT "
+    + TASK_COLUMNS
+    + TASK_FROM
+    + " JOIN leased l ON l.id = d.id ORDER BY d.next_attempt_at"
+)
 # Group commit, round trip 2 of 4: lock the chain head, claim the batch's digests (ON
 # CONFLICT: a digest already there is a replay) and ask whether any webhook subscription is
 # live. The claim's WHERE reads the locked head, so the head row is locked before any
@@ -811,7 +829,16 @@ class PostgresStore:
         return bool(status == "UPDATE 1")
 
     async def fan_out_outbox(self, now: float, limit: int) -> int:
-        async with self._conn("fan_out_outbox") as con, con.transaction():
+        async with self._conn("fan_out_outbox") as con:
+            # The worker wakes after every burst of events; usually (always, while no
+            # subscription is live) there is nothing to expand: one cheap read, not a
+            # BEGIN/SELECT/COMMIT.
+            if not await con.fetchval(_ANY_PENDING_OUTBOX):
+                return 0
+            return await self._fan_out(con, now, limit)
+
+    async def _fan_out(self, con: Any, now: float, limit: int) -> int:
+        async with con.transaction():
             # SKIP LOCKED: instances expand disjoint sets of rows instead of queueing.
             rows = await con.fetch(
                 "SELECT id, event_id, event_type, created_at FROM outbox "
@@ -847,26 +874,12 @@ class PostgresStore:
     async def claim_due_deliveries(
         self, now: float, limit: int, lease_seconds: float, worker_id: str
     ) -> list[DeliveryTask]:
-        async with self._conn("claim_due_deliveries") as con, con.transaction():
-            ids = await con.fetch(
-                "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 "
-                "WHERE id IN (SELECT d.id FROM webhook_deliveries d "
-                "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
-                "WHERE d.status = 'pending' AND d.next_attempt_at <= $3 "
-                "AND (d.lease_until IS NULL OR d.lease_until < $3) AND s.deleted_at IS NULL "
-                "ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) "
-                "RETURNING id",
-                worker_id,
-                now + lease_seconds,
-                now,
-                limit,
-            )
-            if not ids:
-                return []
+        # One statement (its own transaction): lease the due rows and return them with
+        # their task data. The outer SELECT reads the snapshot from before the UPDATE,
+        # which changes only lease columns, none of which it returns.
+        async with self._conn("claim_due_deliveries") as con:
             rows = await con.fetch(
-                "SELECT " + TASK_COLUMNS + TASK_FROM + " WHERE d.id = ANY($1::text[]) "
-                "ORDER BY d.next_attempt_at",
-                [r[0] for r in ids],
+                _CLAIM_DUE_DELIVERIES, worker_id, now + lease_seconds, now, limit
             )
         return [task_from_row(r) for r in rows]
 
