@@ -310,7 +310,11 @@ class PostgresStore:
         #: replica that silently drops packets costs one connection timeout, not one per read.
         self._replica_down_until: dict[int, float] = {}
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
-        # The per-request point reads of /verify (see ReadCoalescer).
+        self._new_coalescers()
+
+    def _new_coalescers(self) -> None:
+        """The per-request point reads of /verify (see ReadCoalescer); fresh on every
+        open(), so no state of a previous (maybe closed) event loop is carried over."""
         self._api_keys = ReadCoalescer(self._fetch_api_keys)
         self._keys = ReadCoalescer(self._fetch_keys)
         self._approvals_by_nonce = ReadCoalescer(self._fetch_approvals_by_nonce)
@@ -339,6 +343,7 @@ class PostgresStore:
             self._replicas = [
                 await self._make_pool(dsn, self._max_connections) for dsn in self._replica_dsns
             ]
+        self._new_coalescers()
         self._committer.start()
 
     async def close(self) -> None:
