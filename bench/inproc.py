@@ -167,8 +167,12 @@ def _backend_cpu(dbname: str) -> float:
 async def main_async(opts: argparse.Namespace) -> int:
     if not opts.postgres:
         return await _main_async(opts, None)
+    cwd = os.getcwd()
     with run.postgres_database() as url:
-        return await _main_async(opts, url)
+        try:
+            return await _main_async(opts, url)
+        finally:
+            os.chdir(cwd)  # out of the deleted temp dir before dropdb runs
 
 
 async def _main_async(opts: argparse.Namespace, pg_url: str | None) -> int:
