@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proof_messenger.audit.chain import (
+    _KEYS,
     GENESIS,
     ChainVerifier,
     chain_hash,
@@ -18,6 +19,7 @@ from proof_messenger.audit.chain import (
     micros_to_time,
     normalize_time,
     seal,
+    seal_entry,
     time_to_micros,
     verify_chain,
 )
@@ -70,6 +72,50 @@ def test_entry_bytes_pinned() -> None:
     raw = entry_bytes(1, DRAFT)
     assert hashlib.sha256(raw).hexdigest() == PINNED_ENTRY_SHA256
     assert chain_hash(GENESIS, raw).hex() == PINNED_CHAIN_HASH
+
+
+_text = st.none() | st.text(max_size=40)
+_drafts = st.builds(
+    AuditDraft,
+    event_id=st.text(min_size=1, max_size=40),
+    time=st.integers(0, 2**52).map(lambda us: us / 1_000_000),
+    event_type=st.text(min_size=1, max_size=20),
+    status=st.sampled_from(["accepted", "rejected", "info"]),
+    sub=_text,
+    kid=_text,
+    tx_type=_text,
+    amount_minor=st.none() | st.integers(-(2**63), 2**63 - 1),
+    currency=_text,
+    error_code=_text,
+    proof_id=_text,
+    client_ip=_text,
+    user_agent=_text,
+    detail=_text,
+    context_key_id=_text,
+    context_ct=st.none() | st.binary(max_size=64),
+)
+
+
+@given(draft=_drafts, seq=st.integers(1, 2**62))
+def test_entry_bytes_equal_cbor2_canonical_encoding(draft: AuditDraft, seq: int) -> None:
+    """entry_bytes builds its map in deterministic key order and skips cbor2's sort; it
+    must give exactly the bytes of the canonical encoder for every draft."""
+    obj = {"seq": seq, "t": round(draft.time * 1_000_000)}
+    obj.update({k: getattr(draft, a) for a, k in _KEYS})
+    assert entry_bytes(seq, draft) == cbor2.dumps(obj, canonical=True)
+
+
+@pytest.mark.parametrize("bad", [1.5, {"a": 1}, [1]])
+def test_entry_bytes_refuse_non_scalar_fields(bad: object) -> None:
+    with pytest.raises(TypeError, match="detail"):
+        entry_bytes(1, dataclasses.replace(DRAFT, detail=bad))  # type: ignore[arg-type]
+
+
+def test_seal_entry_returns_the_hashed_bytes() -> None:
+    record, entry = seal_entry(3, GENESIS, DRAFT)
+    assert entry == entry_bytes(3, record.draft)
+    assert record.entry_hash == chain_hash(GENESIS, entry)
+    assert record == seal(3, GENESIS, DRAFT)
 
 
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(AuditDraft)])

@@ -33,6 +33,7 @@ __all__ = [
     "micros_to_time",
     "normalize_time",
     "seal",
+    "seal_entry",
     "time_to_micros",
     "verify_chain",
     "verify_chain_async",
@@ -86,15 +87,38 @@ _KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _deterministic_order(keys: Iterable[str]) -> tuple[str, ...]:
+    """RFC 8949 core deterministic order of text keys: bytewise order of their encodings."""
+    return tuple(sorted(keys, key=lambda k: cbor2.dumps(k)))
+
+
+#: (attribute, CBOR key) of every hashed field, already in deterministic key order, so the
+#: map can be built in that order and encoded without cbor2's per-call sort (canonical=True
+#: would give the same bytes: every value is an int, text, bytes or null, which cbor2
+#: always encodes in their shortest form; tests/audit check the two agree).
+_ORDERED: tuple[tuple[str, str], ...] = tuple(
+    (attr, key)
+    for key in _deterministic_order([k for _, k in _KEYS] + ["seq", "t"])
+    for attr in [dict((k, a) for a, k in _KEYS).get(key, key)]
+)
+_SCALARS = (str, int, bytes, type(None))
+
+
 def entry_bytes(seq: int, draft: AuditDraft) -> bytes:
     """Deterministic CBOR (RFC 8949 core deterministic order) of every draft field plus seq."""
-    obj: dict[str, Any] = {"seq": seq, "t": time_to_micros(draft.time)}
-    for attr, key in _KEYS:
-        value = getattr(draft, attr)
-        if isinstance(value, float):  # pragma: no cover - guarded by the dataclass types
-            raise TypeError(f"float in audit field {attr!r}: floats are not canonical")
-        obj[key] = value
-    return cbor2.dumps(obj, canonical=True)
+    obj: dict[str, Any] = {}
+    for attr, key in _ORDERED:
+        if key == "seq":
+            obj[key] = seq
+        elif key == "t":
+            obj[key] = time_to_micros(draft.time)
+        else:
+            value = getattr(draft, attr)
+            if value.__class__ not in _SCALARS and not isinstance(value, _SCALARS):
+                # floats are not canonical; maps would need their keys sorted
+                raise TypeError(f"audit field {attr!r} must be text, bytes, an integer or null")
+            obj[key] = value
+    return cbor2.dumps(obj)
 
 
 def chain_hash(prev_hash: bytes, entry: bytes) -> bytes:
@@ -106,12 +130,19 @@ def chain_hash(prev_hash: bytes, entry: bytes) -> bytes:
 
 def seal(seq: int, prev_hash: bytes, draft: AuditDraft) -> AuditRecord:
     """Place a draft in the chain after ``prev_hash`` (time normalised to microseconds)."""
+    return seal_entry(seq, prev_hash, draft)[0]
+
+
+def seal_entry(seq: int, prev_hash: bytes, draft: AuditDraft) -> tuple[AuditRecord, bytes]:
+    """:func:`seal`, plus the entry bytes it hashed (the Merkle leaf hashes them too, so a
+    store that appends encodes each row once)."""
     draft = normalize_time(draft)
-    return AuditRecord(
-        seq=seq,
-        draft=draft,
-        prev_hash=prev_hash,
-        entry_hash=chain_hash(prev_hash, entry_bytes(seq, draft)),
+    entry = entry_bytes(seq, draft)
+    return (
+        AuditRecord(
+            seq=seq, draft=draft, prev_hash=prev_hash, entry_hash=chain_hash(prev_hash, entry)
+        ),
+        entry,
     )
 
 

@@ -83,14 +83,59 @@ def _check_size(size: int, limits: ContextLimits) -> None:
 
 
 def _check_shape(ctx: Any, limits: ContextLimits) -> None:
-    if not isinstance(ctx, Mapping):
+    if type(ctx) is not dict and not isinstance(ctx, Mapping):
         raise InvalidContext(f"ctx: must be a map, not {_kind(ctx)}")
-    _check(ctx, "ctx", 1, limits.max_depth)
+    if not _plainly_valid(ctx, limits.max_depth):
+        _check(ctx, "ctx", 1, limits.max_depth)
     kind = ctx.get("type")
     if kind is None:
         raise InvalidContext("ctx.type: required key is missing")
     if not isinstance(kind, str) or TYPE_PATTERN.fullmatch(kind) is None:
         raise InvalidContext("ctx.type: must be 1-64 characters of [a-z0-9_.-]")
+
+
+def _plainly_valid(ctx: Any, max_depth: int) -> bool:
+    """True when ``_check`` would find nothing wrong with ``ctx``, judged without paths.
+
+    The common case (plain dicts, lists, text, integers) in one loop over an explicit
+    stack, with no call and no path string per value. ``False`` means "not sure": then
+    :func:`_check` walks again, builds the paths and raises the first error (or accepts
+    a Mapping or tuple that is merely not a plain dict or list).
+    """
+    stack: list[tuple[Any, int]] = [(ctx, 1)]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        container, depth = pop()
+        if type(container) is dict:
+            for key in container:
+                if type(key) is not str:
+                    return False
+            items: Any = container.values()
+        elif type(container) is list:
+            items = container
+        else:
+            return False
+        for item in items:
+            t = type(item)
+            if t is str:
+                if not item.isascii():
+                    try:
+                        item.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return False
+                continue
+            if t is int:
+                if _INT_MIN <= item <= _INT_MAX:
+                    continue
+                return False
+            if t is bool or item is None:
+                continue
+            if (t is dict or t is list) and depth < max_depth:
+                push((item, depth + 1))
+                continue
+            return False
+    return True
 
 
 def _check(value: Any, path: str, depth: int, max_depth: int) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from . import cbor
 from .encoding import b64u_decode, b64u_encode
 from .errors import MalformedProof, UnsupportedAlgorithm, UnsupportedVersion
@@ -89,16 +91,10 @@ class Proof:
         if isinstance(data, bytes | str):
             if len(data) > limits.max_envelope_bytes:
                 raise MalformedProof("envelope exceeds the size limit")
-            try:
-                # exactly what json.loads does with bytes
-                text = (
-                    data.decode(json.detect_encoding(data), "surrogatepass")
-                    if isinstance(data, bytes)
-                    else data
-                )
-                data = _DECODER.decode(text)
-            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-                raise MalformedProof(f"envelope is not valid JSON: {_short(exc)}") from exc
+            fast = _fast_from_json(data, limits)
+            if fast is not None:
+                return fast
+            data = _strict_json(data)
         return cls._from_map(data, text_bytes=True, limits=limits)
 
     @classmethod
@@ -187,6 +183,114 @@ class Proof:
         )
 
 
+class _JsonEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    """The one shape an honest JSON envelope has, for msgspec's typed C decoder."""
+
+    v: int
+    alg: str
+    kid: str
+    intent: str
+    sig: str
+    public_key: str | msgspec.UnsetType = msgspec.UNSET
+    authenticator_data: str | msgspec.UnsetType = msgspec.UNSET
+    client_data_json: str | msgspec.UnsetType = msgspec.UNSET
+
+
+_FAST_DECODER = msgspec.json.Decoder(_JsonEnvelope)
+
+
+def _fast_from_json(data: bytes | str, limits: EnvelopeLimits) -> Proof | None:
+    """A valid envelope, or ``None`` whenever the strict path must judge the input.
+
+    The strict path (the stdlib decoder with hooks, then :meth:`Proof._from_map`) costs
+    several times more and names every problem; this one only ever *accepts*, and only
+    what the strict path accepts with the same result. msgspec keeps the last of
+    duplicate keys, so duplicates are ruled out by counting: without a backslash no
+    escape exists, every ``"`` delimits a string, and each key plus each text value is
+    exactly one string, so any repeated key shows up as extra quotes. Everything else
+    (floats, ``true`` for ``v``, nulls, unknown fields, non-UTF-8) fails msgspec's typed
+    decode, and every rule of :meth:`Proof._from_map` that does not hold falls back.
+    """
+    if isinstance(data, bytes):
+        if b"\\" in data:
+            return None
+        quotes = data.count(b'"')
+    else:
+        if "\\" in data:
+            return None
+        quotes = data.count('"')
+    try:
+        env = _FAST_DECODER.decode(data)
+    except (ValueError, RecursionError):  # msgspec errors, and str that is not UTF-8
+        return None
+    public_key = env.public_key
+    authenticator_data = env.authenticator_data
+    client_data_json = env.client_data_json
+    # the "v" key, then key + value for each text field: alg, kid, intent, sig always
+    strings = 9
+    if public_key is not msgspec.UNSET:
+        strings += 2
+    if authenticator_data is not msgspec.UNSET:
+        strings += 2
+    if client_data_json is not msgspec.UNSET:
+        strings += 2
+    if quotes != 2 * strings or env.v != 1:
+        return None
+    alg = env.alg
+    kid = env.kid
+    if alg not in SUPPORTED_ALGORITHMS or not 1 <= len(kid) <= limits.max_kid_chars:
+        return None
+    if not kid.isascii():
+        return None
+    try:
+        intent = _fast_bytes(env.intent, limits.max_intent_bytes)
+        sig = _fast_bytes(env.sig, limits.max_sig_bytes)
+        pk = (
+            None
+            if public_key is msgspec.UNSET
+            else _fast_bytes(public_key, limits.max_public_key_bytes)
+        )
+        ad = (
+            None
+            if authenticator_data is msgspec.UNSET
+            else _fast_bytes(authenticator_data, limits.max_authenticator_data_bytes)
+        )
+        cd = (
+            None
+            if client_data_json is msgspec.UNSET
+            else _fast_bytes(client_data_json, limits.max_client_data_json_bytes)
+        )
+    except ValueError:
+        return None
+    if not intent or not sig:
+        return None
+    if alg == ALG_WEBAUTHN_ES256:
+        if not ad or not cd:
+            return None
+    elif ad is not None or cd is not None or len(sig) != 64:
+        return None
+    return Proof(
+        v=1,
+        alg=alg,
+        kid=kid,
+        intent=intent,
+        sig=sig,
+        authenticator_data=ad,
+        client_data_json=cd,
+        public_key=pk,
+    )
+
+
+def _fast_bytes(text: str, maximum: int) -> bytes:
+    """Decode one base64url field within ``maximum`` bytes; ``ValueError`` otherwise."""
+    if len(text) > (maximum * 4 + 2) // 3:
+        raise ValueError("too long")
+    data = b64u_decode(text)
+    if len(data) > maximum:
+        raise ValueError("too long")
+    return data
+
+
 def _bytes_field(name: str, raw: Any, text_bytes: bool, maximum: int) -> bytes:
     if text_bytes:
         if not isinstance(raw, str):
@@ -227,6 +331,20 @@ def _no_constant(text: str) -> Any:
 _DECODER = json.JSONDecoder(
     parse_float=_no_float, parse_constant=_no_constant, object_pairs_hook=_unique_keys
 )
+
+
+def _strict_json(data: bytes | str) -> Any:
+    """The JSON value of ``data`` by the strict rules, or the ``MalformedProof`` naming why."""
+    try:
+        # exactly what json.loads does with bytes
+        text = (
+            data.decode(json.detect_encoding(data), "surrogatepass")
+            if isinstance(data, bytes)
+            else data
+        )
+        return _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MalformedProof(f"envelope is not valid JSON: {_short(exc)}") from exc
 
 
 def _short(exc: Exception) -> str:

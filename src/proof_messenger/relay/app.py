@@ -349,7 +349,7 @@ class RequestContextMiddleware:
         finally:
             m.in_flight.dec()
             route = _route_label(scope)
-            m.requests.labels(route, str(status)).inc()
+            m.count_request(route, status)
             if self.access_log:
                 log.info(
                     "http.request",

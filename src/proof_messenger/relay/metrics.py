@@ -4,6 +4,7 @@ multiprocess mode aggregates them (the serve command sets PROMETHEUS_MULTIPROC_D
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -48,6 +49,25 @@ class Metrics:
             "Requests being handled right now.",
             multiprocess_mode="livesum",
         )
+        # Labelled children, looked up once: ``labels()`` validates and locks on every call,
+        # and /verify updates two labelled counters per request. Label values are bounded
+        # (routes, HTTP statuses, protocol error codes), so these dicts stay small.
+        self._verification_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, int], Any] = {}
+
+    def count_verification(self, accepted: bool, code: str) -> None:
+        key = ("accepted" if accepted else "rejected", code)
+        child = self._verification_children.get(key)
+        if child is None:
+            child = self._verification_children[key] = self.verifications.labels(*key)
+        child.inc()
+
+    def count_request(self, route: str, status: int) -> None:
+        key = (route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, str(status))
+        child.inc()
 
 
 _metrics: Metrics | None = None

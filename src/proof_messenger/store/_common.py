@@ -185,15 +185,18 @@ SUBSCRIPTION_SELECT = (
     "FROM webhook_subscriptions"
 )
 MAX_WEBHOOK_ERROR = 500
-#: SQL expression (both dialects): is any webhook subscription live? The group commit
-#: writes outbox rows only if so; with none, no event could ever be delivered.
-ANY_LIVE_SUBSCRIPTION = "EXISTS (SELECT 1 FROM webhook_subscriptions WHERE deleted_at IS NULL)"
 
 
 def webhook_delivery_id(event_id: str, event_type: str, subscription_id: str) -> str:
     return str(
         uuid.uuid5(WEBHOOK_DELIVERY_NAMESPACE, f"{event_id}\n{event_type}\n{subscription_id}")
     )
+
+
+#: The ``events`` lists of live subscriptions. The audit transaction writes an outbox row
+#: only for an event type one of them wants: fan-out would expand any other row into no
+#: delivery at all, and a subscription only receives events that happen after it exists.
+LIVE_SUBSCRIPTION_EVENTS = "SELECT events FROM webhook_subscriptions WHERE deleted_at IS NULL"
 
 
 def subscription_from_row(row: Sequence[Any]) -> WebhookSubscription:

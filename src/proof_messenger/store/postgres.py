@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from proof_messenger.audit.chain import seal, time_to_micros
-from proof_messenger.audit.merkle import CompactTree
+from proof_messenger.audit.chain import seal_entry, time_to_micros
+from proof_messenger.audit.merkle import CompactTree, leaf_hash
 
 from . import _merkle
 from ._common import (
-    ANY_LIVE_SUBSCRIPTION,
     APPROVAL_COLUMNS,
     APPROVAL_SELECT,
     AUDIT_SELECT,
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     ITER_CHUNK,
+    LIVE_SUBSCRIPTION_EVENTS,
     MAX_LOG_ENTRIES,
     MAX_WEBHOOK_ERROR,
     REGISTRATION_SELECT,
@@ -143,9 +144,9 @@ _LOCK_AND_CLAIM = (
     "WHERE EXISTS (SELECT 1 FROM head) "
     "ON CONFLICT (digest) DO NOTHING RETURNING digest) "
     "SELECT seq, entry_hash, merkle_frontier, ARRAY(SELECT digest FROM claimed), "
-    "EXISTS (SELECT 1 FROM webhook_subscriptions WHERE deleted_at IS NULL) FROM head"
+    "ARRAY(SELECT events FROM webhook_subscriptions WHERE deleted_at IS NULL) FROM head"
 )
-assert ANY_LIVE_SUBSCRIPTION in _LOCK_AND_CLAIM
+assert LIVE_SUBSCRIPTION_EVENTS in _LOCK_AND_CLAIM
 # Round trip 3 of 4: the batch's audit rows, the Merkle nodes it completes, its outbox
 # rows (empty arrays insert nothing) and the new chain head, in one statement.
 _WRITE_BATCH = (
@@ -576,7 +577,7 @@ class PostgresStore:
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         """One transaction in four round trips: BEGIN; lock the head + claim the digests +
-        ask whether any webhook subscription is live (_LOCK_AND_CLAIM); every row of the
+        read the event types live webhook subscriptions want (_LOCK_AND_CLAIM); every row of the
         batch + the new head (_WRITE_BATCH); COMMIT. Approval transitions and N-of-M
         approval rows (rare) add their own statements."""
         # Within the batch the first claimant of a digest wins; later ones are replays.
@@ -601,13 +602,13 @@ class PostgresStore:
                     f"Merkle frontier has {tree.size} leaves but the chain has {head[0]} rows"
                 )
             won = {bytes(d) for d in head[3]}
-            # No live subscription: nobody could ever receive these events (a subscription
-            # created later only gets events that happen after it), so write no outbox row
-            # and leave the fan-out nothing to do.
-            want_outbox = bool(head[4])
+            # Outbox rows only for event types a live subscription wants (see
+            # LIVE_SUBSCRIPTION_EVENTS): with no subscription, no outbox write at all.
+            wanted = {t for events in head[4] for t in json.loads(events)}
             seq, prev_hash = int(head[0]), bytes(head[1])
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
+            leaves: list[bytes] = []
             outbox_rows: list[tuple[str, str, bytes, float]] = []
             approval_rows: list[tuple[Any, ...]] = []  # policy engine
             for item in batch:
@@ -627,19 +628,19 @@ class PostgresStore:
                             await con.execute("DELETE FROM replay WHERE digest = $1", digest)
                         results.append(AppendResult(record=None, transition_failed=True))
                         continue
-                record = seal(seq + 1, prev_hash, item.draft)
+                record, entry = seal_entry(seq + 1, prev_hash, item.draft)
                 seq, prev_hash = record.seq, record.entry_hash
                 records.append(record)
+                leaves.append(leaf_hash(entry))
                 results.append(AppendResult(record=record))
-                if want_outbox:
-                    outbox_rows.extend(
-                        (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
-                        for ev in item.outbox
-                    )
+                outbox_rows.extend(
+                    (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
+                    for ev in item.outbox
+                    if ev.event_type in wanted
+                )
                 if item.policy_approval is not None:  # policy engine
                     approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
-                leaves = [_merkle.record_leaf_hash(r) for r in records]
                 audit_columns = zip(
                     *(
                         (*audit_row_values(r), leaf)

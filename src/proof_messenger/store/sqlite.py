@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proof_messenger.audit.chain import seal, time_to_micros
-from proof_messenger.audit.merkle import CompactTree
+from proof_messenger.audit.chain import seal_entry, time_to_micros
+from proof_messenger.audit.merkle import CompactTree, leaf_hash
 
 from . import _merkle
 from ._common import (
@@ -40,6 +40,7 @@ from ._common import (
     DELIVERY_COLUMNS,
     DELIVERY_FROM,
     ITER_CHUNK,
+    LIVE_SUBSCRIPTION_EVENTS,
     MAX_LOG_ENTRIES,
     MAX_WEBHOOK_ERROR,
     REGISTRATION_SELECT,
@@ -76,6 +77,7 @@ from ._common import (
     transition_sql,
     webhook_delivery_id,
 )
+from ._generations import APPROVALS, REGISTRY, Generations, NonceFilter, RecordCache
 from .base import (
     ApiKeyRecord,
     AppendResult,
@@ -175,7 +177,11 @@ class SQLiteStore:
         read_threads: int = 2,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
+        commit_interval: float = float(os.environ.get("PM_SQLITE_COMMIT_INTERVAL", "0.003")),
     ) -> None:
+        """``commit_interval``: under load, group commits start at most this often (see
+        ``GroupCommitter``); each SQLite commit costs about as much CPU as verifying a
+        proof, so a busy relay must not commit a row or two at a time."""
         self.path = path
         self._memory = path == ":memory:"
         self._busy_timeout = busy_timeout
@@ -191,10 +197,18 @@ class SQLiteStore:
         #: True (writer thread only) while the group commit holds the cross-process write
         #: lock taken before draining its queue; the batch's transaction releases it.
         self._turn_held = False
+        #: Read caches of keys, API keys and approval nonces, checked against change
+        #: counters shared by every process on this file (see _generations.py); None for
+        #: ":memory:" (one process, reads already go through the writer's connection).
+        self._generations: Generations | None = None
+        self._key_cache: RecordCache[str, KeyRecord] | None = None
+        self._api_key_cache: RecordCache[str, ApiKeyRecord] | None = None
+        self._nonce_filter: NonceFilter | None = None
         self._committer = GroupCommitter(
             self._commit_batch,
             max_batch=max_batch,
             take_turn=None if self._memory or fcntl is None else self._take_turn,
+            min_interval=commit_interval,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -219,6 +233,15 @@ class SQLiteStore:
         except StoreUnavailable:
             await self.close()
             raise
+        if not self._memory:
+            try:
+                self._generations = Generations(self.path + "-gen")
+            except OSError as exc:
+                await self.close()
+                raise StoreUnavailable(f"cannot map {self.path}-gen: {exc}") from exc
+            self._key_cache = RecordCache(self._generations, REGISTRY)
+            self._api_key_cache = RecordCache(self._generations, REGISTRY)
+            self._nonce_filter = NonceFilter(self._generations, self._approval_nonces_after)
         self._committer.start()
 
     async def close(self) -> None:
@@ -240,6 +263,10 @@ class SQLiteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._generations is not None:
+            self._generations.close()
+            self._generations = None
+        self._key_cache = self._api_key_cache = self._nonce_filter = None
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(
@@ -279,7 +306,10 @@ class SQLiteStore:
                 self._read_cons.append(con)
         return con
 
-    def _write_txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _write_txn(self, fn: Callable[[sqlite3.Connection], T], bump: int | None = None) -> T:
+        """One write transaction. ``bump`` names a change counter (``_generations``) to
+        advance after COMMIT, still under the write lock, when ``fn`` changed what the
+        read caches hold; ``fn`` may return a falsy result to say nothing changed."""
         con = self._writer_con()
         with self._process_lock():
             con.execute("BEGIN IMMEDIATE")
@@ -292,6 +322,8 @@ class SQLiteStore:
                     with contextlib.suppress(sqlite3.Error):
                         con.execute("ROLLBACK")
                 raise
+            if bump is not None and self._generations is not None:
+                self._generations.bump(bump)
         return result
 
     @contextlib.contextmanager
@@ -340,8 +372,8 @@ class SQLiteStore:
     async def _on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._writer, lambda: fn(self._writer_con()))
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(self._writer, functools.partial(self._write_txn, fn))
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], bump: int | None = None) -> T:
+        return await self._run(self._writer, functools.partial(self._write_txn, fn, bump))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._readers, lambda: fn(self._reader_con()))
@@ -439,10 +471,20 @@ class SQLiteStore:
             raise DuplicateKey(f"key {record.kid!r} is already registered") from exc
 
     async def get_key(self, kid: str) -> KeyRecord | None:
+        cache, generation = self._key_cache, 0
+        if cache is not None:
+            hit, generation = cache.get(kid)
+            if hit is not None:
+                return hit
         row = await self._lookup(
             lambda con: con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
         )
-        return None if row is None else key_from_row(row, _json_strings)
+        if row is None:
+            return None
+        record = key_from_row(row, _json_strings)
+        if cache is not None:
+            cache.put(kid, record, generation)
+        return record
 
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         def query(con: sqlite3.Connection) -> list[Any]:
@@ -465,7 +507,7 @@ class SQLiteStore:
             )
             return con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
 
-        row = await self._write(revoke)
+        row = await self._write(revoke, bump=REGISTRY)
         return None if row is None else key_from_row(row, _json_strings)
 
     async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
@@ -476,7 +518,7 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._write(cas)
+        return await self._write(cas, bump=REGISTRY)
 
     # --- API keys ------------------------------------------------------------------------------
 
@@ -501,10 +543,20 @@ class SQLiteStore:
             raise DuplicateKey(f"API key {record.id!r} already exists") from exc
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        cache, generation = self._api_key_cache, 0
+        if cache is not None:
+            hit, generation = cache.get(key_id)
+            if hit is not None:
+                return hit
         row = await self._lookup(
             lambda con: con.execute(SELECT_API_KEY + " WHERE id = ?", (key_id,)).fetchone()
         )
-        return None if row is None else api_key_from_row(row, _json_strings)
+        if row is None:
+            return None
+        record = api_key_from_row(row, _json_strings)
+        if cache is not None:
+            cache.put(key_id, record, generation)
+        return record
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         rows = await self._read(
@@ -522,7 +574,7 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._write(revoke)
+        return await self._write(revoke, bump=REGISTRY)
 
     # --- policy engine ----------------------------------------------------------------
 
@@ -606,7 +658,7 @@ class SQLiteStore:
 
     async def insert_approval(self, record: ApprovalRecord) -> None:
         values = approval_values(record)
-        await self._write(lambda con: con.execute(_INSERT_APPROVAL, values))
+        await self._write(lambda con: con.execute(_INSERT_APPROVAL, values), bump=APPROVALS)
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
         row = await self._read(
@@ -615,11 +667,26 @@ class SQLiteStore:
         return None if row is None else approval_from_row(row)
 
     async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
-        # A unique-index point read, done for every proof (check 8): inline, no thread hop.
+        # Done for every proof (check 8). Almost every nonce belongs to no approval
+        # request: the filter says so without a read. Otherwise a unique-index point read,
+        # inline (no thread hop).
+        if self._nonce_filter is not None and not self._nonce_filter.might_contain(nonce):
+            return None
         row = await self._lookup(
             lambda con: con.execute(APPROVAL_SELECT + " WHERE nonce = ?", (nonce,)).fetchone()
         )
         return None if row is None else approval_from_row(row)
+
+    def _approval_nonces_after(self, rowid: int) -> list[tuple[int, bytes]]:
+        """(rowid, nonce) of approval requests after ``rowid`` (approval rows are never
+        deleted, and writers commit one at a time, so rowids only grow)."""
+        con = self._reader_con()
+        try:
+            return con.execute(
+                "SELECT rowid, nonce FROM approvals WHERE rowid > ? ORDER BY rowid", (rowid,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
 
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         sql = APPROVAL_SELECT + (
@@ -1061,6 +1128,7 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
         raise StoreError(f"Merkle frontier has {tree.size} leaves but the chain has {seq} rows")
     leaves: list[bytes] = []
     results: list[AppendResult] = []
+    wanted: frozenset[str] | None = None  # event types some live subscription wants
     for item in batch:
         draft = item.draft
         if item.claim_digest is not None:
@@ -1082,15 +1150,23 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
                     con.execute("DELETE FROM replay WHERE digest = ?", (item.claim_digest,))
                 results.append(AppendResult(record=None, transition_failed=True))
                 continue
-        record = seal(seq + 1, prev_hash, draft)
-        leaf = _merkle.record_leaf_hash(record)
+        record, entry = seal_entry(seq + 1, prev_hash, draft)
+        leaf = leaf_hash(entry)
         leaves.append(leaf)
         con.execute(_INSERT_AUDIT, (*audit_row_values(record), leaf))
-        for event in item.outbox:
-            con.execute(
-                _INSERT_OUTBOX,
-                (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
-            )
+        if item.outbox:
+            if wanted is None:
+                wanted = frozenset(
+                    t
+                    for (events,) in con.execute(LIVE_SUBSCRIPTION_EVENTS)
+                    for t in json.loads(events)
+                )
+            for event in item.outbox:
+                if event.event_type in wanted:
+                    con.execute(
+                        _INSERT_OUTBOX,
+                        (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
+                    )
         if item.policy_approval is not None:  # policy engine
             con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash

@@ -36,7 +36,7 @@ def _outcome_response(outcome: Outcome, request: Request) -> Response:
 def _observe(state: RelayState, outcome: Outcome, started: float) -> None:
     m = state.metrics
     code = outcome.error.code if outcome.error else "ok"
-    m.verifications.labels("accepted" if outcome.accepted else "rejected", code).inc()
+    m.count_verification(outcome.accepted, code)
     m.verify_latency.observe(time.perf_counter() - started)
 
 
