@@ -5,7 +5,9 @@
 
 Drives the real ASGI app (real SQLite store in a temp dir, shipped defaults except the
 rate limit) with ``concurrency`` requests in flight, and prints the process CPU per
-proof (all threads: event loop plus SQLite writer). It is a development tool: the
+proof (all threads: event loop plus SQLite writer). ``--postgres`` uses a fresh PostgreSQL
+database instead (dropped afterwards) and also prints the CPU of that database's server
+backends per proof, and the statements (round trips) and pool acquisitions per proof. It is a development tool: the
 figures in docs/benchmarks.md come from ``bench/run.py``, which goes through HTTP. It is
 much less sensitive to other load on the machine, so use it to compare two versions of
 the code, and ``--profile`` (cProfile, event-loop thread only) to see where it goes.
@@ -18,6 +20,7 @@ import asyncio
 import cProfile
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,13 +97,93 @@ async def _lifespan(app: Any) -> tuple[asyncio.Task[None], asyncio.Queue[Any]]:
     return task, inbox
 
 
+class _PgCounters:
+    """Statements sent and pool acquisitions made by asyncpg (a dev-tool monkeypatch)."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.acquires = 0
+
+    def install(self) -> None:
+        import asyncpg.connection
+        import asyncpg.pool
+
+        con_cls, pool_cls = asyncpg.connection.Connection, asyncpg.pool.Pool
+        execute, _execute, _executemany = con_cls.execute, con_cls._execute, con_cls._executemany
+        acquire = pool_cls.acquire
+        counters = self
+
+        async def execute_(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+            if not args:  # with args it goes through _execute, counted there
+                counters.statements += 1
+            return await execute(self, query, *args, **kw)
+
+        async def _execute_(self: Any, *args: Any, **kw: Any) -> Any:
+            counters.statements += 1
+            return await _execute(self, *args, **kw)
+
+        async def _executemany_(self: Any, *args: Any, **kw: Any) -> Any:
+            counters.statements += 1
+            return await _executemany(self, *args, **kw)
+
+        def acquire_(self: Any, *args: Any, **kw: Any) -> Any:
+            counters.acquires += 1
+            return acquire(self, *args, **kw)
+
+        con_cls.execute = execute_  # type: ignore[method-assign]
+        con_cls._execute = _execute_  # type: ignore[method-assign]
+        con_cls._executemany = _executemany_  # type: ignore[method-assign]
+        pool_cls.acquire = acquire_  # type: ignore[method-assign]
+
+
+def _backend_cpu(dbname: str) -> float:
+    """CPU seconds used so far by the server backends connected to ``dbname``."""
+    pids = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-Atc",
+            f"SELECT pid FROM pg_stat_activity WHERE datname = '{dbname}'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 async def main_async(opts: argparse.Namespace) -> int:
+    if not opts.postgres:
+        return await _main_async(opts, None)
+    cwd = os.getcwd()
+    with run.postgres_database() as url:
+        try:
+            return await _main_async(opts, url)
+        finally:
+            os.chdir(cwd)  # out of the deleted temp dir before dropdb runs
+
+
+async def _main_async(opts: argparse.Namespace, pg_url: str | None) -> int:
     proofs, _ = run.proofgen.load_or_generate(run.HERE / "results", run.AUDIENCE, 200_000, 200)
+    counters = _PgCounters()
+    if pg_url is not None:
+        counters.install()
     with tempfile.TemporaryDirectory(prefix="pm-inproc-") as tmp:
         workdir = Path(tmp)
-        cfg = run.write_config(
-            workdir, f"sqlite:///{tmp}/audit.db", 1, run.free_port(), opts.access_log
-        )
+        db_url = pg_url or f"sqlite:///{tmp}/audit.db"
+        cfg = run.write_config(workdir, db_url, 1, run.free_port(), opts.access_log)
         api_key = run.cli(cfg, "apikey", "create", "--name", "b", "--scopes", "verify,keys:write")
         os.chdir(workdir)
         settings = load_settings(str(cfg))
@@ -147,6 +230,9 @@ async def main_async(opts: argparse.Namespace) -> int:
 
         await drive(warm)
         prof = cProfile.Profile() if opts.profile else None
+        dbname = pg_url.rsplit("/", 1)[1] if pg_url else ""
+        pg0 = _backend_cpu(dbname) if pg_url else 0.0
+        s0, a0 = counters.statements, counters.acquires
         c0, t0, m0 = time.process_time(), time.perf_counter(), time.thread_time()
         if prof:
             prof.enable()
@@ -158,6 +244,8 @@ async def main_async(opts: argparse.Namespace) -> int:
             time.perf_counter() - t0,
             time.thread_time() - m0,
         )
+        statements, acquires = counters.statements - s0, counters.acquires - a0
+        pg_cpu = _backend_cpu(dbname) - pg0 if pg_url else 0.0
         await inbox.put({"type": "lifespan.shutdown"})
         await task
         sys.stdout.flush()
@@ -168,6 +256,12 @@ async def main_async(opts: argparse.Namespace) -> int:
             f"{cpu / n * 1e6:.1f} µs CPU/proof ({main_cpu / n * 1e6:.1f} on the event loop), "
             f"{n / wall:,.0f} proofs/s wall (1 process)"
         )
+        if pg_url:
+            print(
+                f"postgres: {pg_cpu / n * 1e6:.1f} µs backend CPU/proof "
+                f"({pg_cpu / wall:.2f} cores), {statements / n:.2f} statements/proof, "
+                f"{acquires / n:.2f} pool acquisitions/proof"
+            )
         if prof:
             prof.dump_stats(opts.profile)
             print(f"profile: {opts.profile}")
@@ -181,6 +275,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=0, help="proofs per /verify/batch call")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--profile", default="", help="write a cProfile of the timed part here")
+    p.add_argument("--postgres", action="store_true", help="a fresh PostgreSQL database")
     opts = p.parse_args()
     try:
         import uvloop

@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -102,20 +102,6 @@ T = TypeVar("T")
 _MIGRATION_LOCK_ID = 0x706D2D6D696772
 #: How long a replica that failed is skipped before it is tried again.
 REPLICA_RETRY_SECONDS = 30.0
-_INSERT_AUDIT = (
-    "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
-    "amount_minor, currency, error_code, proof_id, client_ip, user_agent, detail, "
-    "context_key_id, context_ct, prev_hash, entry_hash, leaf_hash) "
-    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
-    "$6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], "
-    "$13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[], "
-    "$19::bytea[], $20::bytea[])"
-)
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (event_id, event_type, payload, created_at, next_attempt_at) "
-    "SELECT e, t, p, c, c FROM unnest($1::text[], $2::text[], $3::bytea[], "
-    "$4::double precision[]) AS u(e, t, p, c)"
-)
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (id, sub, aud, nonce, intent_digest, intent_key_id, intent_ct, "
     "page_token_hash, created_at, expires_at, status, require_uv, api_key_id, decided_at, "
@@ -123,11 +109,81 @@ _INSERT_APPROVAL = (
     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
 assert _INSERT_APPROVAL.count("$") == len(APPROVAL_COLUMNS)
-_CLAIM = (
-    "INSERT INTO replay (digest, accepted_at, event_id) "
-    "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) "
-    "ON CONFLICT (digest) DO NOTHING RETURNING digest"
+# The coalesced point reads (ReadCoalescer): one query for many keys.
+_SELECT_KEYS = SELECT_KEY + " WHERE kid = ANY($1::text[])"
+_SELECT_API_KEYS = SELECT_API_KEY + " WHERE id = ANY($1::text[])"
+_SELECT_APPROVALS_BY_NONCE = APPROVAL_SELECT + " WHERE nonce = ANY($1::bytea[])"
+# Webhooks: is there anything for the fan-out to do? (index outbox_due)
+_ANY_PENDING_OUTBOX = "SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')"
+_LEASE_DUE_DELIVERIES = (
+    "WITH leased AS (UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 "
+    "WHERE id IN (SELECT d.id FROM webhook_deliveries d "
+    "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+    "WHERE d.status = 'pending' AND d.next_attempt_at <= $3 "
+    "AND (d.lease_until IS NULL OR d.lease_until < $3) AND s.deleted_at IS NULL "
+    "ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) "
+    "RETURNING id) "
 )
+_CLAIM_DUE_DELIVERIES = (
+    _LEASE_DUE_DELIVERIES
+    + "SELECT "
+    + TASK_COLUMNS
+    + TASK_FROM
+    + " JOIN leased l ON l.id = d.id ORDER BY d.next_attempt_at"
+)
+# Group commit, round trip 2 of 4: lock the chain head, claim the batch's digests (ON
+# CONFLICT: a digest already there is a replay) and ask whether any webhook subscription is
+# live. The claim's WHERE reads the locked head, so the head row is locked before any
+# digest is claimed, as when they were two statements: two processes claiming the same
+# digest queue on the head first and cannot deadlock.
+_LOCK_AND_CLAIM = (
+    "WITH head AS (SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1 "
+    "FOR UPDATE), "
+    "claimed AS (INSERT INTO replay (digest, accepted_at, event_id) "
+    "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) "
+    "WHERE EXISTS (SELECT 1 FROM head) "
+    "ON CONFLICT (digest) DO NOTHING RETURNING digest) "
+    "SELECT seq, entry_hash, merkle_frontier, ARRAY(SELECT digest FROM claimed), "
+    "ARRAY(SELECT events FROM webhook_subscriptions WHERE deleted_at IS NULL) FROM head"
+)
+assert LIVE_SUBSCRIPTION_EVENTS in _LOCK_AND_CLAIM
+# Round trip 3 of 4: the batch's audit rows, the Merkle nodes it completes, its outbox
+# rows (empty arrays insert nothing) and the new chain head, in one statement.
+_WRITE_BATCH = (
+    "WITH audit_rows AS (INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, "
+    "kid, tx_type, amount_minor, currency, error_code, proof_id, client_ip, user_agent, "
+    "detail, context_key_id, context_ct, prev_hash, entry_hash, leaf_hash) "
+    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
+    "$6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], "
+    "$13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[], "
+    "$19::bytea[], $20::bytea[])), "
+    "node_rows AS (INSERT INTO merkle_nodes (level, idx, hash) "
+    "SELECT * FROM unnest($21::int[], $22::bigint[], $23::bytea[])), "
+    "outbox_rows AS (INSERT INTO outbox (event_id, event_type, payload, created_at, "
+    "next_attempt_at) SELECT e, t, p, c, c FROM unnest($24::text[], $25::text[], "
+    "$26::bytea[], $27::double precision[]) AS u(e, t, p, c)) "
+    "UPDATE chain_head SET seq = $28, entry_hash = $29, merkle_frontier = $30 WHERE id = 1"
+)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (unnest parameters); ``width`` empty lists if no rows."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(c) for c in zip(*rows, strict=True)]
+
+
+async def _keep_session(con: Any) -> None:
+    """Pool ``reset``: send nothing when a connection goes back to the pool.
+
+    asyncpg's default reset runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL;`` on every release: one more round trip and four server statements per
+    acquisition, about a third of all statements of a /verify. This store never changes
+    session state (no SET, LISTEN, cursors or session locks outside ``migrate``, which
+    unlocks, or closes the connection if it cannot). An open transaction is still rolled
+    back by asyncpg before this is called.
+    """
+
 
 # Errors that mean "the database is not there / not writable": the relay answers 503.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -151,6 +207,80 @@ def _translate(what: str) -> Iterator[None]:
         raise StoreError(f"PostgreSQL constraint violated during {what}: {exc}") from exc
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc!r}") from exc
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class ReadCoalescer(Generic[K, V]):
+    """Point reads by unique key from concurrent requests share one query.
+
+    Every ``/verify`` reads its API key, its signing key and (approvals) the nonce's
+    request: three round trips and pool acquisitions per proof, most of the relay's
+    database cost. Here the reads asked for in one event-loop pass are sent as ONE
+    ``... = ANY($1)`` query. While ``max_in_flight`` queries are running, new reads wait
+    and go together in the next one.
+
+    Not a cache: a read is always answered by a query that STARTS after it was asked
+    (a read never joins a query already sent), so a revocation committed before the read
+    is seen, exactly as with one query per read.
+    """
+
+    def __init__(
+        self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]], *, max_in_flight: int = 1
+    ) -> None:
+        self._fetch = fetch
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._pending: dict[K, list[asyncio.Future[V | None]]] = {}
+        self._scheduled = False
+
+    async def get(self, key: K) -> V | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[V | None] = loop.create_future()
+        self._pending.setdefault(key, []).append(future)
+        if not self._scheduled:
+            # After the callbacks already due in this pass: their reads join this query.
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await future
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        if not self._pending or self._in_flight >= self._max_in_flight:
+            return  # the query in flight dispatches these when it ends
+        pending, self._pending = self._pending, {}
+        self._in_flight += 1
+        asyncio.get_running_loop().create_task(self._run(pending))
+
+    async def _run(self, pending: dict[K, list[asyncio.Future[V | None]]]) -> None:
+        try:
+            found = await self._fetch(list(pending))
+        except BaseException as exc:
+            for futures in pending.values():
+                for future in futures:
+                    if not future.done():
+                        # One exception object per caller: they are raised in many tasks.
+                        error = (
+                            type(exc)(*exc.args)
+                            if isinstance(exc, StoreError)
+                            else StoreUnavailable(f"read failed: {exc!r}")
+                        )
+                        error.__cause__ = exc
+                        future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for key, futures in pending.items():
+                value = found.get(key)
+                for future in futures:
+                    if not future.done():  # a caller that gave up (cancelled) is skipped
+                        future.set_result(value)
+        finally:
+            self._in_flight -= 1
+            if self._pending and not self._scheduled:
+                self._dispatch()
 
 
 class PostgresStore:
@@ -181,6 +311,14 @@ class PostgresStore:
         #: replica that silently drops packets costs one connection timeout, not one per read.
         self._replica_down_until: dict[int, float] = {}
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
+        self._new_coalescers()
+
+    def _new_coalescers(self) -> None:
+        """The per-request point reads of /verify (see ReadCoalescer); fresh on every
+        open(), so no state of a previous (maybe closed) event loop is carried over."""
+        self._api_keys = ReadCoalescer(self._fetch_api_keys)
+        self._keys = ReadCoalescer(self._fetch_keys)
+        self._approvals_by_nonce = ReadCoalescer(self._fetch_approvals_by_nonce)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -194,6 +332,7 @@ class PostgresStore:
             timeout=self._connection_timeout,
             command_timeout=self._command_timeout,
             max_inactive_connection_lifetime=60.0,
+            reset=_keep_session,
         )
         return pool
 
@@ -205,6 +344,7 @@ class PostgresStore:
             self._replicas = [
                 await self._make_pool(dsn, self._max_connections) for dsn in self._replica_dsns
             ]
+        self._new_coalescers()
         self._committer.start()
 
     async def close(self) -> None:
@@ -271,8 +411,12 @@ class PostgresStore:
                         )
                     applied.append(migration.name)
             finally:
-                with contextlib.suppress(*_UNAVAILABLE):
+                try:
                     await con.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
+                except _UNAVAILABLE:
+                    # The pool does not reset sessions (_keep_session): a connection that
+                    # may still hold the lock must not go back to it.
+                    con.terminate()
         return applied
 
     async def is_ready(self) -> bool:
@@ -314,9 +458,12 @@ class PostgresStore:
             raise DuplicateKey(f"key {record.kid!r} is already registered") from exc
 
     async def get_key(self, kid: str) -> KeyRecord | None:
+        return await self._keys.get(kid)
+
+    async def _fetch_keys(self, kids: list[str]) -> dict[str, KeyRecord]:
         async with self._conn("get_key") as con:
-            row = await con.fetchrow(SELECT_KEY + " WHERE kid = $1", kid)
-        return None if row is None else key_from_row(row, tuple)
+            rows = await con.fetch(_SELECT_KEYS, kids)
+        return {r[0]: key_from_row(r, tuple) for r in rows}
 
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         async with self._conn("list_keys") as con:
@@ -370,9 +517,12 @@ class PostgresStore:
             raise DuplicateKey(f"API key {record.id!r} already exists") from exc
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        return await self._api_keys.get(key_id)
+
+    async def _fetch_api_keys(self, ids: list[str]) -> dict[str, ApiKeyRecord]:
         async with self._conn("get_api_key") as con:
-            row = await con.fetchrow(SELECT_API_KEY + " WHERE id = $1", key_id)
-        return None if row is None else api_key_from_row(row, tuple)
+            rows = await con.fetch(_SELECT_API_KEYS, ids)
+        return {r[0]: api_key_from_row(r, tuple) for r in rows}
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         async with self._conn("list_api_keys") as con:
@@ -426,6 +576,10 @@ class PostgresStore:
         return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
+        """One transaction in four round trips: BEGIN; lock the head + claim the digests +
+        read the event types live webhook subscriptions want (_LOCK_AND_CLAIM); every row of the
+        batch + the new head (_WRITE_BATCH); COMMIT. Approval transitions and N-of-M
+        approval rows (rare) add their own statements."""
         # Within the batch the first claimant of a digest wins; later ones are replays.
         seen: set[bytes] = set()
         claims: list[PendingAppend] = []
@@ -435,7 +589,10 @@ class PostgresStore:
                 claims.append(item)
         async with self._conn("audit append") as con, con.transaction():
             head = await con.fetchrow(
-                "SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1 FOR UPDATE"
+                _LOCK_AND_CLAIM,
+                [c.claim_digest for c in claims],
+                [time_to_micros(c.draft.time) for c in claims],
+                [c.draft.event_id for c in claims],
             )
             if head is None:
                 raise StoreUnavailable("chain head missing: database not migrated")
@@ -444,15 +601,10 @@ class PostgresStore:
                 raise StoreError(
                     f"Merkle frontier has {tree.size} leaves but the chain has {head[0]} rows"
                 )
-            won: set[bytes] = set()
-            if claims:
-                rows = await con.fetch(
-                    _CLAIM,
-                    [c.claim_digest for c in claims],
-                    [time_to_micros(c.draft.time) for c in claims],
-                    [c.draft.event_id for c in claims],
-                )
-                won = {bytes(r[0]) for r in rows}
+            won = {bytes(d) for d in head[3]}
+            # Outbox rows only for event types a live subscription wants (see
+            # LIVE_SUBSCRIPTION_EVENTS): with no subscription, no outbox write at all.
+            wanted = {t for events in head[4] for t in json.loads(events)}
             seq, prev_hash = int(head[0]), bytes(head[1])
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
@@ -484,43 +636,30 @@ class PostgresStore:
                 outbox_rows.extend(
                     (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
                     for ev in item.outbox
+                    if ev.event_type in wanted
                 )
                 if item.policy_approval is not None:  # policy engine
                     approval_rows.append(_policy_approval_values(item.policy_approval))
             if records:
-                columns = list(
-                    zip(
-                        *(
-                            (*audit_row_values(r), leaf)
-                            for r, leaf in zip(records, leaves, strict=True)
-                        ),
-                        strict=True,
-                    )
+                audit_columns = zip(
+                    *(
+                        (*audit_row_values(r), leaf)
+                        for r, leaf in zip(records, leaves, strict=True)
+                    ),
+                    strict=True,
                 )
-                await con.execute(_INSERT_AUDIT, *(list(c) for c in columns))
                 tree, nodes = _merkle.extend_tree(tree, leaves)
-                if nodes:
-                    await con.execute(_INSERT_NODES, *(list(c) for c in zip(*nodes, strict=True)))
-                if outbox_rows:
-                    wanted = {
-                        t
-                        for r in await con.fetch(LIVE_SUBSCRIPTION_EVENTS)
-                        for t in json.loads(r[0])
-                    }
-                    outbox_rows = [r for r in outbox_rows if r[1] in wanted]
-                if outbox_rows:
-                    await con.execute(
-                        _INSERT_OUTBOX, *(list(c) for c in zip(*outbox_rows, strict=True))
-                    )
-                if approval_rows:  # policy engine
-                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
                 await con.execute(
-                    "UPDATE chain_head SET seq = $1, entry_hash = $2, merkle_frontier = $3 "
-                    "WHERE id = 1",
+                    _WRITE_BATCH,
+                    *(list(c) for c in audit_columns),
+                    *_columns(nodes, 3),
+                    *_columns(outbox_rows, 4),
                     seq,
                     prev_hash,
                     tree.to_bytes(),
                 )
+                if approval_rows:  # policy engine
+                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
         return results
 
     # --- approvals and registration ceremonies ---------------------------------------
@@ -535,9 +674,13 @@ class PostgresStore:
         return None if row is None else approval_from_row(row)
 
     async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None:
+        return await self._approvals_by_nonce.get(bytes(nonce))
+
+    async def _fetch_approvals_by_nonce(self, nonces: list[bytes]) -> dict[bytes, ApprovalRecord]:
         async with self._conn("get_approval_by_nonce") as con:
-            row = await con.fetchrow(APPROVAL_SELECT + " WHERE nonce = $1", nonce)
-        return None if row is None else approval_from_row(row)
+            rows = await con.fetch(_SELECT_APPROVALS_BY_NONCE, nonces)
+        records = (approval_from_row(r) for r in rows)
+        return {r.nonce: r for r in records}  # nonce is UNIQUE
 
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         async with self._conn("list_due_approvals") as con:
@@ -692,7 +835,16 @@ class PostgresStore:
         return bool(status == "UPDATE 1")
 
     async def fan_out_outbox(self, now: float, limit: int) -> int:
-        async with self._conn("fan_out_outbox") as con, con.transaction():
+        async with self._conn("fan_out_outbox") as con:
+            # The worker wakes after every burst of events; usually (always, while no
+            # subscription is live) there is nothing to expand: one cheap read, not a
+            # BEGIN/SELECT/COMMIT.
+            if not await con.fetchval(_ANY_PENDING_OUTBOX):
+                return 0
+            return await self._fan_out(con, now, limit)
+
+    async def _fan_out(self, con: Any, now: float, limit: int) -> int:
+        async with con.transaction():
             # SKIP LOCKED: instances expand disjoint sets of rows instead of queueing.
             rows = await con.fetch(
                 "SELECT id, event_id, event_type, created_at FROM outbox "
@@ -728,26 +880,12 @@ class PostgresStore:
     async def claim_due_deliveries(
         self, now: float, limit: int, lease_seconds: float, worker_id: str
     ) -> list[DeliveryTask]:
-        async with self._conn("claim_due_deliveries") as con, con.transaction():
-            ids = await con.fetch(
-                "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 "
-                "WHERE id IN (SELECT d.id FROM webhook_deliveries d "
-                "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
-                "WHERE d.status = 'pending' AND d.next_attempt_at <= $3 "
-                "AND (d.lease_until IS NULL OR d.lease_until < $3) AND s.deleted_at IS NULL "
-                "ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) "
-                "RETURNING id",
-                worker_id,
-                now + lease_seconds,
-                now,
-                limit,
-            )
-            if not ids:
-                return []
+        # One statement (its own transaction): lease the due rows and return them with
+        # their task data. The outer SELECT reads the snapshot from before the UPDATE,
+        # which changes only lease columns, none of which it returns.
+        async with self._conn("claim_due_deliveries") as con:
             rows = await con.fetch(
-                "SELECT " + TASK_COLUMNS + TASK_FROM + " WHERE d.id = ANY($1::text[]) "
-                "ORDER BY d.next_attempt_at",
-                [r[0] for r in ids],
+                _CLAIM_DUE_DELIVERIES, worker_id, now + lease_seconds, now, limit
             )
         return [task_from_row(r) for r in rows]
 
