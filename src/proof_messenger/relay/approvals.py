@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any
@@ -133,6 +133,13 @@ class ApprovalCheck:
     async def find(self, verified: VerifiedProof) -> ApprovalRecord | None:
         """The approval request this proof's nonce names, if any (a pure read)."""
         return await self.state.store.get_approval_by_nonce(verified.intent.nonce)
+
+    async def find_many(self, nonces: Sequence[bytes]) -> dict[bytes, ApprovalRecord]:
+        """:meth:`find` for a whole ``/verify/batch`` call in one read, by intent nonce.
+
+        A proof whose nonce is absent answers no approval request (``check`` would return
+        None for it); the others take the single-proof path."""
+        return await self.state.store.get_approvals_by_nonces(nonces)
 
     async def check(
         self, verified: VerifiedProof, found: ApprovalRecord | EllipsisType | None = ...

@@ -8,10 +8,11 @@ row, and the answer is built only after that row has committed.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ import structlog
 
 from ..audit.crypto import Keyring
 from ..protocol import (
+    ALG_ES256,
     ContextLimits,
     EnvelopeLimits,
     ParsedProof,
@@ -34,6 +36,7 @@ from ..protocol import (
 from ..protocol.errors import (
     ApprovalExpired,
     ApprovalMismatch,
+    MalformedProof,
     Replayed,
     SubjectMismatch,
     WebAuthnSignCount,
@@ -43,6 +46,7 @@ from ..protocol.intent import digest as intent_digest
 from ..protocol.intent import proof_id as make_proof_id
 from ..protocol.keys import KeyFormatError, load_public_key_der
 from ..store.base import (
+    AppendEntry,
     AppendResult,
     ApprovalTransition,
     AuditDraft,
@@ -55,26 +59,61 @@ from ..store.base import (
 from .config import Settings
 from .metrics import metrics
 
-__all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id"]
+__all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id", "new_event_ids"]
 
 log = structlog.get_logger("proof_messenger.verify")
 _json = msgspec.json.Encoder()
 
 
+#: The 80 bits after the timestamp: 74 random bits around the version (7) and variant (10).
+_V7_RANDOM = ((1 << 80) - 1) & ~(0xF << 76) & ~(0b11 << 62)
+_V7_MARKS = 0x7 << 76 | 0b10 << 62
+_MS48 = (1 << 48) - 1
+
+
+def _format_v7(ms: int, rand: int) -> str:
+    """The canonical text form (8-4-4-4-12 lowercase hex) of a UUIDv7, as ``str(UUID)``."""
+    h = "%032x" % ((ms & _MS48) << 80 | (rand & _V7_RANDOM) | _V7_MARKS)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_event_id() -> str:
-    """A UUIDv7 (RFC 9562): time-ordered, so event ids sort like the log."""
+    """A UUIDv7 (RFC 9562): time-ordered, so event ids sort like the log.
+
+    Built straight from ``time_ns`` and ``os.urandom`` as text: ``uuid.UUID`` validation
+    and formatting cost several µs per audit row."""
+    return _format_v7(time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10)))
+
+
+def new_event_ids(count: int) -> list[str]:
+    """``count`` UUIDv7s for one ``/verify/batch`` call: one clock read, one urandom call."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    raw = os.urandom(10 * count)
+    return [_format_v7(ms, int.from_bytes(raw[i : i + 10])) for i in range(0, 10 * count, 10)]
+
+
+_iso_second: tuple[int, str] = (-1, "")
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds (``2026-11-25T21:43:00.123Z``), exactly what
+    ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` gives with
+    ``Z`` for ``+00:00``. The date-time part is formatted once per second (``datetime``
+    costs ~5 µs a call); the split into seconds and microseconds is datetime's own
+    (microseconds rounded half-even, then truncated to milliseconds)."""
+    global _iso_second
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)
+    second = int(whole)
+    if us >= 1_000_000:
+        second, us = second + 1, us - 1_000_000
+    elif us < 0:
+        second, us = second - 1, us + 1_000_000
+    cached_second, prefix = _iso_second
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+        _iso_second = (second, prefix)
+    return f"{prefix}.{us // 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +210,7 @@ class VerificationService:
     # --- the pipeline --------------------------------------------------------------------------
     async def verify(
         self,
-        body: bytes | Mapping[str, Any],
+        body: bytes | Mapping[str, Any] | Proof,
         *,
         cbor: bool,
         client: ClientInfo,
@@ -245,6 +284,260 @@ class VerificationService:
         """Audit and answer input that never became a proof envelope."""
         return await self._reject(exc, None, None, None, client, self.clock())
 
+    # --- /verify/batch ---------------------------------------------------------------------------
+    async def verify_batch(
+        self,
+        items: Sequence[Any],
+        *,
+        cbor: bool,
+        client: ClientInfo,
+        identity: Identity | None = None,
+    ) -> list[Outcome]:
+        """Checks 1-9 for every entry of a batch; one outcome per entry, in order.
+
+        Each entry gets the checks, the error code and the audit row it would get from
+        :meth:`verify` alone; what is shared is the work around them. The clock is read
+        once, the keys of the whole call are read in ONE store query (no cache: a
+        revocation is seen by the next call), approval requests likewise, and every audit
+        row goes to the group committer as ONE submission (one transaction, rows in batch
+        order). Among entries with the same intent the first in batch order wins: a later
+        copy that passes checks 1-6 is ``replayed`` (the claim in the commit decides, as
+        for concurrent single proofs, for a copy accepted before this call).
+
+        Entries that need per-proof async work take :meth:`verify` instead, concurrently
+        with the rest and in batch order among copies of one intent: WebAuthn proofs (the
+        sign-count compare-and-set), proofs answering an approval request (its
+        compare-and-set), and all entries when a policy hook is installed or the approval
+        hook cannot look nonces up in bulk.
+        """
+        if self.policy is not None or (
+            self.approvals is not None and getattr(self.approvals, "find_many", None) is None
+        ):
+            return await self._verify_each(items, cbor=cbor, client=client, identity=identity)
+        now = self.clock()
+        verifier = self.verifier
+        n = len(items)
+        errors: list[ProofError | None] = [None] * n
+        proofs: list[Proof | None] = [None] * n
+        intents: list[Intent | None] = [None] * n
+        parsed: list[ParsedProof | None] = [None] * n
+        verified: list[VerifiedProof | None] = [None] * n
+        # Digests (intents) whose entries take the single-proof path, in batch order.
+        single: set[bytes] = set()
+        # --- checks 1-4: pure -------------------------------------------------------------
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                errors[i] = MalformedProof("each batch entry must be a proof envelope object")
+                continue
+            try:
+                proof = proofs[i] = verifier.parse(item, cbor=cbor)
+                intent = intents[i] = verifier.decode_intent(proof)
+                claims = parsed[i] = verifier.check_claims(proof, intent, now=now)
+            except ProofError as exc:
+                errors[i] = exc
+                continue
+            if proof.alg != ALG_ES256:
+                single.add(claims.digest)
+        # --- checks 5-6: the call's keys in one read, then signatures ----------------------
+        kids = [c.proof.kid for c in parsed if c is not None and c.digest not in single]
+        keys = await self._resolve_many(kids) if kids else {}
+        for i, c in enumerate(parsed):
+            if c is None or c.digest in single:
+                continue
+            try:
+                key = verifier.check_key(c, keys.get(c.proof.kid))
+                checked = verifier.check_signature(c, key)
+                if identity is not None and identity.sub != c.intent.sub:
+                    raise SubjectMismatch("the user token's subject is not the proof's subject")
+            except ProofError as exc:
+                errors[i] = exc
+                continue
+            verified[i] = checked
+        # --- check 8: which proofs answer an approval request (one read) -------------------
+        if self.approvals is not None:
+            nonces = [vp.intent.nonce for vp in verified if vp is not None]
+            if nonces:
+                found = await self.approvals.find_many(nonces)  # type: ignore[attr-defined]
+                if found:
+                    for vp in verified:
+                        if vp is not None and vp.intent.nonce in found:
+                            single.add(vp.digest)
+        # --- the single-proof path for the entries that need it, in the background -------
+        tasks: dict[int, asyncio.Task[Outcome]] = {}
+        if single:
+            previous: dict[bytes, asyncio.Task[Outcome]] = {}
+            for i, c in enumerate(parsed):
+                if c is None or errors[i] is not None or c.digest not in single:
+                    continue
+                task = asyncio.ensure_future(
+                    self._after(previous.get(c.digest), c.proof, cbor, client, identity)
+                )
+                tasks[i] = previous[c.digest] = task
+        # --- the audit rows of all other entries: ONE submission -------------------------
+        at = iso(now)
+        ids = new_event_ids(n - len(tasks))
+        entries: list[AppendEntry] = []
+        #: per submitted row: the entry, its accepted proof (None: a rejection), its body
+        planned: list[tuple[int, VerifiedProof | None, dict[str, Any]]] = []
+        seen: set[bytes] = set()
+        outbox_for = self.outbox_for
+        for i in range(n):
+            if i in tasks:
+                continue
+            event_id = ids[len(entries)]
+            vp = verified[i]
+            if vp is not None:
+                if vp.digest not in seen:
+                    seen.add(vp.digest)
+                    payload = self._accepted_body(vp, event_id, at)
+                    draft = self._draft(
+                        event_id,
+                        now,
+                        "proof.verified",
+                        "accepted",
+                        client,
+                        sub=vp.intent.sub,
+                        kid=vp.key.kid,
+                        ctx=vp.intent.ctx,
+                        proof_id=vp.proof_id,
+                    )
+                    outbox = outbox_for("proof.verified", payload) if outbox_for else ()
+                    entries.append((draft, vp.digest, outbox))
+                    planned.append((i, vp, payload))
+                    continue
+                # A later copy of an intent accepted earlier in this call.
+                errors[i] = Replayed("this proof was already accepted")
+            error = errors[i]
+            assert error is not None
+            draft, outbox, body = self._rejection(
+                error, proofs[i], intents[i], parsed[i], client, now, event_id, at
+            )
+            entries.append((draft, None, outbox))
+            planned.append((i, None, body))
+        try:
+            results = await self._append_many(entries) if entries else []
+        finally:
+            # The single-path entries finish (and are audited) whatever happens here.
+            if tasks:
+                await asyncio.wait(tasks.values())
+                for task in tasks.values():
+                    if not task.cancelled():
+                        task.exception()  # retrieved; raised below by task.result()
+        outcomes: list[Outcome | None] = [None] * n
+        for i, task in tasks.items():
+            outcomes[i] = task.result()  # raises e.g. StoreUnavailable, as verify() would
+        lost: list[int] = []  # accepted entries whose claim an earlier call had taken
+        accepted = 0
+        for (i, vp, body), result, row in zip(planned, results, entries, strict=True):
+            if vp is None:
+                outcomes[i] = self._rejected(errors[i], row[0], body, result, client)
+            elif result.replayed or result.record is None:
+                errors[i] = Replayed("this proof was already accepted")
+                lost.append(i)
+            else:
+                record = result.record
+                body["leaf_index"] = record.seq - 1
+                if self.on_accepted is not None:
+                    await self.on_accepted(vp, record, None)
+                outcomes[i] = Outcome(True, 200, body, record=record)
+                accepted += 1
+        if lost:
+            rejections = []
+            for i, event_id in zip(lost, new_event_ids(len(lost)), strict=True):
+                error = errors[i]
+                assert error is not None
+                rejections.append(
+                    self._rejection(
+                        error, proofs[i], intents[i], parsed[i], client, now, event_id, at
+                    )
+                )
+            results = await self._append_many([(d, None, o) for d, o, _ in rejections])
+            for i, (draft, _, body), result in zip(lost, rejections, results, strict=True):
+                outcomes[i] = self._rejected(errors[i], draft, body, result, client)
+        log.info(
+            "proof.batch",
+            proofs=n,
+            accepted=accepted,
+            rejected=len(planned) - accepted,
+            single_path=len(tasks),
+            api_key=client.api_key_id,
+        )
+        return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+    def _rejected(
+        self,
+        error: ProofError | None,
+        draft: AuditDraft,
+        body: dict[str, Any],
+        result: AppendResult,
+        client: ClientInfo,
+    ) -> Outcome:
+        """A batch rejection whose row has committed: its log line and its outcome."""
+        assert error is not None
+        self._log_rejected(error, draft, client)
+        return Outcome(False, error.status, body, error=error, record=result.record)
+
+    async def _after(
+        self,
+        before: asyncio.Task[Outcome] | None,
+        proof: Proof,
+        cbor: bool,
+        client: ClientInfo,
+        identity: Identity | None,
+    ) -> Outcome:
+        """:meth:`verify` once the previous copy of the same intent has finished."""
+        if before is not None:
+            await asyncio.wait([before])
+        return await self.verify(proof, cbor=cbor, client=client, identity=identity)
+
+    async def _verify_each(
+        self,
+        items: Sequence[Any],
+        *,
+        cbor: bool,
+        client: ClientInfo,
+        identity: Identity | None,
+    ) -> list[Outcome]:
+        """Every entry through :meth:`verify`, concurrently except copies of one intent,
+        which run in batch order (used when a policy hook applies to every proof)."""
+
+        async def one(item: Any, before: asyncio.Task[Outcome] | None) -> Outcome:
+            if before is not None:
+                await asyncio.wait([before])
+            if not isinstance(item, dict):
+                exc = MalformedProof("each batch entry must be a proof envelope object")
+                return await self.reject_unparsed(exc, client)
+            return await self.verify(item, cbor=cbor, client=client, identity=identity)
+
+        previous: dict[Any, asyncio.Task[Outcome]] = {}
+        tasks: list[asyncio.Task[Outcome]] = []
+        for item in items:
+            intent = item.get("intent") if isinstance(item, dict) else None
+            key = intent if isinstance(intent, str | bytes) else None
+            task = asyncio.ensure_future(one(item, previous.get(key) if key else None))
+            if key:
+                previous[key] = task
+            tasks.append(task)
+        return list(await asyncio.gather(*tasks))
+
+    async def _resolve_many(self, kids: Sequence[str]) -> dict[str, ResolvedKey]:
+        """The call's keys, each distinct kid read once, all in one store query."""
+        records = await self.store.get_keys(kids)
+        resolved: dict[str, ResolvedKey] = {}
+        for kid, record in records.items():
+            key = resolved_key(record)
+            if key is not None:
+                resolved[kid] = key
+        return resolved
+
+    async def _append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
+        """One submission for a batch's rows, timed once for the write latency histogram."""
+        started = time.perf_counter()
+        try:
+            return await self.store.append_many(entries)
+        finally:
+            metrics().audit_write_latency.observe(time.perf_counter() - started)
+
     def _check_signature(
         self, parsed: ParsedProof, key: ResolvedKey, require_uv: bool
     ) -> VerifiedProof:
@@ -290,7 +583,7 @@ class VerificationService:
     ) -> Outcome:
         intent = verified.intent
         event_id = new_event_id()
-        payload = self._accepted_body(verified, event_id, now)
+        payload = self._accepted_body(verified, event_id, iso(now))
         # Every accepted proof is one proof.verified row; one that answers an approval
         # request names it in `detail`, and the request's pending -> approved CAS commits
         # with this very row (webhooks get approval.approved as well).
@@ -354,7 +647,8 @@ class VerificationService:
         )
         return Outcome(True, 200, payload, record=record)
 
-    def _accepted_body(self, verified: VerifiedProof, event_id: str, now: float) -> dict[str, Any]:
+    def _accepted_body(self, verified: VerifiedProof, event_id: str, at: str) -> dict[str, Any]:
+        """The answer (and ``proof.verified`` webhook payload); ``at`` is ``iso(now)``."""
         intent = verified.intent
         return {
             "valid": True,
@@ -366,7 +660,7 @@ class VerificationService:
             "iat": intent.iat,
             "exp": intent.exp,
             "user_verified": verified.user_verified,
-            "verified_at": iso(now),
+            "verified_at": at,
             "audit_event_id": event_id,
         }
 
@@ -379,12 +673,32 @@ class VerificationService:
         client: ClientInfo,
         now: float,
     ) -> Outcome:
+        event_id = new_event_id()
+        draft, outbox, body_extra = self._rejection(
+            exc, proof, intent, parsed, client, now, event_id, iso(now)
+        )
+        result = await self._append(draft, outbox=outbox)
+        self._log_rejected(exc, draft, client)
+        return Outcome(False, exc.status, body_extra, error=exc, record=result.record)
+
+    def _rejection(
+        self,
+        exc: ProofError,
+        proof: Proof | None,
+        intent: Intent | None,
+        parsed: ParsedProof | None,
+        client: ClientInfo,
+        now: float,
+        event_id: str,
+        at: str,
+    ) -> tuple[AuditDraft, list[OutboxEvent], dict[str, Any]]:
+        """A rejection's audit draft, webhook outbox and answer fields (``at`` = iso(now))."""
         pid: str | None = None
         if parsed is not None:
             pid = parsed.proof_id
         elif proof is not None:
             pid = make_proof_id(intent_digest(proof.intent))
-        event_id = new_event_id()
+        sub = intent.sub if intent else None
         extra = {k: v for k, v in exc.extra.items() if isinstance(v, str | int | float | bool)}
         body_extra = {"proof_id": pid, "audit_event_id": event_id, **extra}
         outbox = (
@@ -394,9 +708,9 @@ class VerificationService:
                     "code": exc.code,
                     "detail": exc.detail,
                     "proof_id": pid,
-                    "sub": intent.sub if intent else None,
+                    "sub": sub,
                     "audit_event_id": event_id,
-                    "rejected_at": iso(now),
+                    "rejected_at": at,
                 },
             )
             if self.outbox_for
@@ -408,22 +722,24 @@ class VerificationService:
             "proof.rejected",
             "rejected",
             client,
-            sub=intent.sub if intent else None,
+            sub=sub,
             kid=proof.kid if proof is not None else None,
             ctx=intent.ctx if intent else None,
             proof_id=pid,
             error_code=exc.code,
             detail=exc.detail,
         )
-        result = await self._append(draft, outbox=outbox)
+        return draft, outbox, body_extra
+
+    @staticmethod
+    def _log_rejected(exc: ProofError, draft: AuditDraft, client: ClientInfo) -> None:
         log.info(
             "proof.rejected",
             code=exc.code,
-            proof_id=pid,
-            audit_event_id=event_id,
+            proof_id=draft.proof_id,
+            audit_event_id=draft.event_id,
             api_key=client.api_key_id,
         )
-        return Outcome(False, exc.status, body_extra, error=exc, record=result.record)
 
     def _draft(
         self,

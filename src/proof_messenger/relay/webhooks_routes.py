@@ -9,7 +9,6 @@ is written to the outbox in the audit row's transaction, whatever feature produc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import secrets
 import uuid
@@ -85,6 +84,9 @@ def delivery_view(d: WebhookDelivery) -> dict[str, Any]:
     }
 
 
+_running_loop = asyncio.get_running_loop
+_encode = _encoder.encode
+
 #: How long after an event is written the delivery worker looks for it.
 _WAKE_DELAY = 0.05
 
@@ -109,18 +111,24 @@ def make_outbox_hook(worker: DeliveryWorker | None) -> Any:
         worker.wake()
 
     def outbox_for(event_type: str, payload: dict[str, Any]) -> list[OutboxEvent]:
+        # Called for every proof: only the encoded event and a cheap timer touch. The
+        # payload is the caller's own dict (for a verification: its answer), encoded
+        # as is, never copied.
         nonlocal timer, last_event
         if event_type not in _EVENTS:
             return []
         if worker is not None:
             # The row commits a few ms later (group commit); look again shortly after.
             # (Without a running loop the worker's regular poll picks the event up.)
-            with contextlib.suppress(RuntimeError):
-                loop = asyncio.get_running_loop()
+            try:
+                loop = _running_loop()
+            except RuntimeError:
+                pass
+            else:
                 last_event = loop.time()
                 if timer is None:
                     timer = loop.call_later(_WAKE_DELAY, fire)
-        return [OutboxEvent(event_type, _encoder.encode(payload))]
+        return [OutboxEvent(event_type, _encode(payload))]
 
     return outbox_for
 

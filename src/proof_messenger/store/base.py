@@ -22,6 +22,7 @@ from proof_messenger.audit.records import AuditDraft, AuditRecord, ChainHead
 
 __all__ = [
     "ApiKeyRecord",
+    "AppendEntry",
     "AppendResult",
     "ApprovalRecord",
     "ApprovalTransition",
@@ -102,6 +103,10 @@ class AppendResult:
     #: The approval transition's compare-and-set failed (no longer pending, or the
     #: deadline condition did not hold); nothing was written for this item.
     transition_failed: bool = False
+
+
+#: One row of :meth:`Store.append_many`: the draft, its replay claim (or None), its outbox.
+AppendEntry = tuple[AuditDraft, bytes | None, Sequence[OutboxEvent]]
 
 
 # --- approval requests ----------------------------------------------------------------
@@ -310,6 +315,13 @@ class Store(Protocol):
     # --- key registry --------------------------------------------------------------------------
     async def insert_key(self, record: KeyRecord) -> None: ...
     async def get_key(self, kid: str) -> KeyRecord | None: ...
+    async def get_keys(self, kids: Sequence[str]) -> dict[str, KeyRecord]:
+        """The registered keys among ``kids`` (absent ones are missing), in ONE read.
+
+        ``/verify/batch`` reads each call's keys at once: no cache, so a revocation is
+        seen by the next call as by ``get_key``."""
+        ...
+
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]: ...
     async def revoke_key(self, kid: str, reason: str, at: float) -> KeyRecord | None: ...
     async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
@@ -347,6 +359,16 @@ class Store(Protocol):
         transaction when the row is written (``ON CONFLICT (tx_key, sub) DO NOTHING``), so
         an accepted approval proof and its counted approval commit together or not at all.
         Returns only after the transaction has committed.
+        """
+        ...
+
+    async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
+        """Append many rows in ONE transaction (one group-commit submission), in order.
+
+        Each entry behaves like :meth:`append` with its ``claim_digest`` and ``outbox``
+        (no approval or policy row): a claim already taken, also by an earlier entry of
+        the same call, writes nothing for that entry and reports ``replayed``. Returns
+        the results in the entries' order, only after the transaction has committed.
         """
         ...
 
@@ -439,6 +461,10 @@ class Store(Protocol):
     async def insert_approval(self, record: ApprovalRecord) -> None: ...
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
     async def get_approval_by_nonce(self, nonce: bytes) -> ApprovalRecord | None: ...
+    async def get_approvals_by_nonces(self, nonces: Sequence[bytes]) -> dict[bytes, ApprovalRecord]:
+        """:meth:`get_approval_by_nonce` for many nonces in ONE read (``/verify/batch``)."""
+        ...
+
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         """Pending requests whose deadline has passed (for the expiry sweeper)."""
         ...

@@ -2,7 +2,10 @@
 
 One writer task drains the queue, taking whatever is queued when the previous commit
 finishes (no artificial delay), up to ``max_batch`` items, and hands the batch to the
-backend's ``commit`` function, which runs ONE transaction for it. Every caller's future is
+backend's ``commit`` function, which runs ONE transaction for it. The queue holds groups:
+``submit`` queues a group of one, ``submit_many`` (``/verify/batch``) queues all of a
+call's rows as one group, which is never split across transactions (a group larger than
+``max_batch`` is committed whole, alone or with the groups that fit before it). Every caller's future is
 resolved only after COMMIT, or failed with :class:`StoreUnavailable` if the transaction
 rolled back. The writer task survives failures, so the store recovers by itself.
 """
@@ -16,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .base import (
+    AppendEntry,
     AppendResult,
     ApprovalTransition,
     AuditDraft,
@@ -89,7 +93,9 @@ class GroupCommitter:
         self._min_interval = min_interval
         self._last_start = 0.0
         self._loaded = False
-        self._queue: asyncio.Queue[PendingAppend] | None = None
+        self._queue: asyncio.Queue[list[PendingAppend]] | None = None
+        #: A group taken from the queue that did not fit the last batch: it starts the next.
+        self._carry: list[PendingAppend] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -119,10 +125,14 @@ class GroupCommitter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         queue = self._queue
-        while queue is not None and not queue.empty():
-            item = queue.get_nowait()
+        carried, self._carry = self._carry, None
+        for item in carried or ():
             if not item.future.done():
                 item.future.set_exception(StoreUnavailable("store closed"))
+        while queue is not None and not queue.empty():
+            for item in queue.get_nowait():
+                if not item.future.done():
+                    item.future.set_exception(StoreUnavailable("store closed"))
 
     async def submit(
         self,
@@ -137,16 +147,48 @@ class GroupCommitter:
         check_draft(draft)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(
-            PendingAppend(draft, claim_digest, tuple(outbox), future, approval, policy_approval)
+            [PendingAppend(draft, claim_digest, tuple(outbox), future, approval, policy_approval)]
         )
         return await future
+
+    async def submit_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
+        """Append many rows as ONE queued group: one transaction, results in order.
+
+        Costs one queue operation per call instead of one per row, and the rows of one
+        ``/verify/batch`` call are contiguous in the chain. Each row keeps its own result
+        (a lost replay claim writes nothing for that row only). Returns after the commit;
+        a cancelled caller cancels every row not yet committed, as ``submit`` does.
+        """
+        if self._closed or self._queue is None or self._task is None:
+            raise StoreUnavailable("store is not open")
+        if not entries:
+            return []
+        create = asyncio.get_running_loop().create_future
+        group: list[PendingAppend] = []
+        for draft, claim_digest, outbox in entries:
+            check_draft(draft)
+            group.append(PendingAppend(draft, claim_digest, tuple(outbox), create()))
+        self._queue.put_nowait(group)
+        try:
+            # All futures of a group are resolved by the same commit: after the first
+            # await the others are done, and awaiting a done future does not suspend.
+            return [await item.future for item in group]
+        except BaseException:
+            for item in group:
+                future = item.future
+                if not future.done():
+                    future.cancel()  # the caller gave up: write nothing more for it
+                elif not future.cancelled():
+                    future.exception()  # retrieved: no "never retrieved" warnings
+            raise
 
     async def _run(self) -> None:
         assert self._queue is not None
         queue = self._queue
         loop = asyncio.get_running_loop()
         while True:
-            taken = [await queue.get()]
+            carried, self._carry = self._carry, None
+            groups = [carried if carried is not None else await queue.get()]
             if self._loaded and self._min_interval:
                 delay = self._last_start + self._min_interval - loop.time()
                 if delay > 0:
@@ -157,21 +199,29 @@ class GroupCommitter:
                     try:
                         give_back = await self._take_turn()
                     except StoreError as exc:
-                        self._fail(taken, exc)
+                        for group in groups:
+                            self._fail(group, exc)
                         continue
-                while len(taken) < self._max_batch and not queue.empty():
-                    taken.append(queue.get_nowait())
+                size = len(groups[0])
+                # Whole groups only: one that does not fit starts the next batch.
+                while size < self._max_batch and not queue.empty():
+                    nxt = queue.get_nowait()
+                    if size + len(nxt) > self._max_batch:
+                        self._carry = nxt
+                        break
+                    groups.append(nxt)
+                    size += len(nxt)
                 # A caller that gave up before its turn gets nothing written.
-                batch = [item for item in taken if not item.future.done()]
+                batch = [item for group in groups for item in group if not item.future.done()]
                 if batch:
                     give_back = None  # the commit ends the turn, whatever happens
                     self._last_start = loop.time()
                     await self._commit_batch(batch)
-                self._loaded = len(taken) > 1 or not queue.empty()
+                self._loaded = len(batch) > 1 or not queue.empty() or self._carry is not None
             finally:
                 if give_back is not None:
                     await give_back()
-                for _ in taken:
+                for _ in groups:
                     queue.task_done()
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> None:

@@ -69,6 +69,7 @@ from ._common import (
 )
 from .base import (
     ApiKeyRecord,
+    AppendEntry,
     AppendResult,
     ApprovalRecord,
     ApprovalTransition,
@@ -465,6 +466,14 @@ class PostgresStore:
             rows = await con.fetch(_SELECT_KEYS, kids)
         return {r[0]: key_from_row(r, tuple) for r in rows}
 
+    async def get_keys(self, kids: Sequence[str]) -> dict[str, KeyRecord]:
+        wanted = list(dict.fromkeys(kids))
+        if not wanted:
+            return {}
+        async with self._conn("get_keys") as con:
+            rows = await con.fetch(SELECT_KEY + " WHERE kid = ANY($1::text[])", wanted)
+        return {r.kid: r for r in (key_from_row(row, tuple) for row in rows)}
+
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         async with self._conn("list_keys") as con:
             if sub is None:
@@ -575,6 +584,9 @@ class PostgresStore:
     ) -> AppendResult:
         return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
+    async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
+        return await self._committer.submit_many(entries)
+
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         """One transaction in four round trips: BEGIN; lock the head + claim the digests +
         read the event types live webhook subscriptions want (_LOCK_AND_CLAIM); every row of the
@@ -681,6 +693,14 @@ class PostgresStore:
             rows = await con.fetch(_SELECT_APPROVALS_BY_NONCE, nonces)
         records = (approval_from_row(r) for r in rows)
         return {r.nonce: r for r in records}  # nonce is UNIQUE
+
+    async def get_approvals_by_nonces(self, nonces: Sequence[bytes]) -> dict[bytes, ApprovalRecord]:
+        wanted = list(dict.fromkeys(nonces))
+        if not wanted:
+            return {}
+        async with self._conn("get_approvals_by_nonces") as con:
+            rows = await con.fetch(APPROVAL_SELECT + " WHERE nonce = ANY($1::bytea[])", wanted)
+        return {r.nonce: r for r in map(approval_from_row, rows)}
 
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         async with self._conn("list_due_approvals") as con:

@@ -80,6 +80,7 @@ from ._common import (
 from ._generations import APPROVALS, REGISTRY, Generations, NonceFilter, RecordCache
 from .base import (
     ApiKeyRecord,
+    AppendEntry,
     AppendResult,
     ApprovalRecord,
     ApprovalTransition,
@@ -151,6 +152,8 @@ _INSERT_OUTBOX = (
 
 def _json_strings(text: str) -> tuple[str, ...]:
     """SQLite keeps string lists (scopes, transports) as JSON text."""
+    if text == "[]":  # a device key's transports: every key read, skip the JSON parser
+        return ()
     return tuple(json.loads(text))
 
 
@@ -486,6 +489,29 @@ class SQLiteStore:
             cache.put(kid, record, generation)
         return record
 
+    async def get_keys(self, kids: Sequence[str]) -> dict[str, KeyRecord]:
+        """``get_key`` for many kids: cache hits, then ONE read for the misses."""
+        cache, generation = self._key_cache, 0
+        found: dict[str, KeyRecord] = {}
+        wanted: list[str] = []
+        for kid in dict.fromkeys(kids):
+            if cache is not None:
+                hit, generation = cache.get(kid)
+                if hit is not None:
+                    found[kid] = hit
+                    continue
+            wanted.append(kid)
+        if not wanted:
+            return found
+        sql = SELECT_KEY + " WHERE kid IN (" + ",".join("?" * len(wanted)) + ")"
+        rows = await self._lookup(lambda con: con.execute(sql, wanted).fetchall())
+        for row in rows:
+            record = key_from_row(row, _json_strings)
+            found[record.kid] = record
+            if cache is not None:
+                cache.put(record.kid, record, generation)
+        return found
+
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         def query(con: sqlite3.Connection) -> list[Any]:
             if sub is None:
@@ -620,6 +646,9 @@ class SQLiteStore:
     ) -> AppendResult:
         return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
 
+    async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
+        return await self._committer.submit_many(entries)
+
     async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
         return await self._run(self._writer, functools.partial(self._commit_turn, batch))
 
@@ -687,6 +716,20 @@ class SQLiteStore:
             ).fetchall()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
+
+    async def get_approvals_by_nonces(self, nonces: Sequence[bytes]) -> dict[bytes, ApprovalRecord]:
+        """``get_approval_by_nonce`` for many nonces: the filter, then ONE read if needed."""
+        nonce_filter = self._nonce_filter
+        wanted = [
+            n
+            for n in dict.fromkeys(nonces)
+            if nonce_filter is None or nonce_filter.might_contain(n)
+        ]
+        if not wanted:
+            return {}
+        sql = APPROVAL_SELECT + " WHERE nonce IN (" + ",".join("?" * len(wanted)) + ")"
+        rows = await self._lookup(lambda con: con.execute(sql, wanted).fetchall())
+        return {r.nonce: r for r in map(approval_from_row, rows)}
 
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         sql = APPROVAL_SELECT + (
