@@ -1,0 +1,256 @@
+"""POST /verify/batch in-process with every feature module installed (approvals, webhooks...).
+
+The batch verifies its plain ES256 entries together (one key read, one audit submission)
+and hands the others to the single-proof path; these tests pin what must not change:
+each entry gets the answer and the audit row it would get alone, results in order, the
+first of duplicate intents wins, one webhook event per outcome, metrics per proof.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from proof_messenger.protocol import (
+    Proof,
+    b64u_decode,
+    b64u_encode,
+    create_proof,
+    generate_private_key,
+    public_key_der,
+    sign_intent,
+)
+from proof_messenger.protocol.intent import Intent, digest, proof_id
+from proof_messenger.relay import apikeys
+from proof_messenger.relay.app import create_app
+from proof_messenger.relay.config import Settings
+from proof_messenger.relay.state import RelayState
+from proof_messenger.store.base import ApiKeyRecord
+
+AUD = "payments.example.com"
+
+
+@dataclass
+class Batch:
+    client: httpx.AsyncClient
+    state: RelayState
+    db: Path
+
+    async def register(self, sub: str) -> Any:
+        key = generate_private_key()
+        r = await self.client.post(
+            "/keys", json={"sub": sub, "public_key": b64u_encode(public_key_der(key))}
+        )
+        assert r.status_code == 201, r.text
+        return key
+
+    async def post(self, entries: list[Any]) -> dict[str, Any]:
+        r = await self.client.post("/verify/batch", json={"proofs": entries})
+        assert r.status_code == 200, r.text
+        doc: dict[str, Any] = r.json()
+        return doc
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db) as con:
+            return con.execute(sql, args).fetchall()
+
+    def audit(self, event_id: str) -> tuple[Any, ...]:
+        (row,) = self.rows(
+            "SELECT seq, status, event_type, error_code, proof_id, kid FROM audit "
+            "WHERE event_id = ?",
+            event_id,
+        )
+        return row
+
+
+@pytest.fixture
+async def batch(tmp_path: Path) -> AsyncIterator[Batch]:
+    db = tmp_path / "relay.db"
+    settings = replace(
+        Settings(audience=AUD, master_key_file=str(tmp_path / "master.key")),
+        database=replace(Settings().database, url=f"sqlite:///{db}"),
+    )
+    application = create_app(settings)  # the default feature modules
+    async with application.router.lifespan_context(application):
+        state: RelayState = application.state.relay
+        key_id, full = apikeys.generate_api_key()
+        await state.store.insert_api_key(
+            ApiKeyRecord(
+                id=key_id,
+                name="test",
+                secret_hash=apikeys.hash_api_key(full),
+                scopes=("verify", "keys:write", "audit:read", "approvals"),
+                created_at=time.time(),
+            )
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application),
+            base_url="http://relay.test",
+            headers={"authorization": f"Bearer {full}"},
+        ) as client:
+            yield Batch(client, state, db)
+
+
+def proof_id_of(proof: Proof) -> str:
+    return proof_id(digest(proof.intent))
+
+
+def wire(amount: int) -> dict[str, Any]:
+    return {"type": "wire_transfer", "amount_minor": amount, "currency": "EUR"}
+
+
+def bad_signature(proof: Proof) -> dict[str, Any]:
+    doc = proof.to_json_dict()
+    sig = bytearray(b64u_decode(doc["sig"]))
+    sig[-1] ^= 1
+    doc["sig"] = b64u_encode(bytes(sig))
+    return doc
+
+
+async def test_mixed_batch_answers_and_audits_each_entry_as_alone(batch: Batch) -> None:
+    alice = await batch.register("alice")
+    bob = await batch.register("bob")
+    stranger = generate_private_key()
+
+    def proof(amount: int, key: Any = alice, sub: str = "alice", **kw: Any) -> Proof:
+        return create_proof(key, wire(amount), aud=AUD, sub=sub, **kw)
+
+    earlier = proof(1)
+    assert (await batch.post([earlier.to_json_dict()]))["accepted"] == 1
+    good, twin, other = proof(2), proof(3), proof(4, bob, "bob")
+    entries: list[Any] = [
+        good.to_json_dict(),  # 0 accepted
+        "not a proof",  # 1 malformed_proof
+        proof(5, now=time.time() - 3600).to_json_dict(),  # 2 expired
+        bad_signature(twin),  # 3 bad signature, then the good copy of its intent:
+        twin.to_json_dict(),  # 4 accepted (a rejected copy claims nothing)
+        proof(6, stranger).to_json_dict(),  # 5 unknown_key
+        good.to_json_dict(),  # 6 replayed: the first copy in the batch won
+        earlier.to_json_dict(),  # 7 replayed: accepted by an earlier call
+        proof(7, bob, "alice").to_json_dict(),  # 8 bob's key, alice's proof
+        other.to_json_dict(),  # 9 accepted
+        {"v": 1},  # 10 malformed_proof
+        create_proof(alice, wire(8), aud="evil.example.com", sub="alice").to_json_dict(),
+    ]
+    before = batch.rows("SELECT count(*) FROM audit")[0][0]
+    doc = await batch.post(entries)
+    results = doc["results"]
+    codes = [r.get("code") for r in results]
+    assert codes == [
+        None,
+        "malformed_proof",
+        "expired",
+        "invalid_signature",
+        None,
+        "unknown_key",
+        "replayed",
+        "replayed",
+        "subject_mismatch",
+        None,
+        "malformed_proof",
+        "wrong_audience",
+    ]
+    assert [r["valid"] for r in results] == [c is None for c in codes]
+    assert (doc["accepted"], doc["rejected"]) == (3, 9)
+    assert results[6]["status"] == 409 and results[7]["status"] == 409
+    assert results[0]["proof_id"] == results[6]["proof_id"] == proof_id_of(good)
+    assert results[4]["proof_id"] == results[3]["proof_id"] == proof_id_of(twin)
+    assert results[9]["sub"] == "bob" and results[9]["context"] == wire(4)
+
+    # Exactly one audit row per entry, each telling that entry's outcome.
+    assert batch.rows("SELECT count(*) FROM audit")[0][0] == before + len(entries)
+    assert len({r["audit_event_id"] for r in results}) == len(entries)
+    for r, code in zip(results, codes, strict=True):
+        seq, status, event_type, error_code, proof_id, _ = batch.audit(r["audit_event_id"])
+        assert status == ("accepted" if code is None else "rejected")
+        assert event_type == ("proof.verified" if code is None else "proof.rejected")
+        assert error_code == code
+        assert proof_id == r.get("proof_id")
+        if code is None:
+            assert r["leaf_index"] == seq - 1
+    # One webhook event per outcome, in the same transaction as its row.
+    events = dict(
+        batch.rows(
+            "SELECT a.event_id, o.event_type FROM outbox o JOIN audit a USING (event_id) "
+            "WHERE a.seq > ?",
+            before,
+        )
+    )
+    assert events == {
+        r["audit_event_id"]: "proof.verified" if r["valid"] else "proof.rejected" for r in results
+    }
+
+
+async def test_duplicates_first_in_batch_order_wins(batch: Batch) -> None:
+    key = await batch.register("carol")
+    proofs = [create_proof(key, wire(n), aud=AUD, sub="carol") for n in range(3)]
+    entries = [p.to_json_dict() for p in (proofs[0], proofs[1], proofs[0], proofs[2], proofs[1])]
+    results = (await batch.post(entries))["results"]
+    assert [r.get("code") for r in results] == [None, None, "replayed", None, "replayed"]
+    accepted = batch.audit(results[0]["audit_event_id"])[0]
+    replayed = batch.audit(results[2]["audit_event_id"])[0]
+    assert accepted < replayed  # the winner's row comes first in the chain
+    again = (await batch.post(entries[:2]))["results"]
+    assert [r["code"] for r in again] == ["replayed", "replayed"]
+
+
+async def test_revocation_is_seen_by_the_next_batch(batch: Batch) -> None:
+    key = await batch.register("dave")
+    first = create_proof(key, wire(1), aud=AUD, sub="dave")
+    assert (await batch.post([first.to_json_dict()]))["accepted"] == 1
+    kid = first.kid
+    r = await batch.client.request("DELETE", f"/keys/{kid}", json={"reason": "lost"})
+    assert r.status_code == 200, r.text
+    late = create_proof(key, wire(2), aud=AUD, sub="dave")
+    results = (await batch.post([late.to_json_dict()]))["results"]
+    assert results[0]["code"] == "key_revoked"
+
+
+async def test_approval_answers_take_the_approval_path(batch: Batch) -> None:
+    key = await batch.register("erin")
+    created = await batch.client.post("/approvals", json={"sub": "erin", "context": wire(9)})
+    assert created.status_code == 201, created.text
+    approval = created.json()
+    answer = sign_intent(key, Intent.from_bytes(b64u_decode(approval["intent"])))
+    plain = create_proof(key, wire(10), aud=AUD, sub="erin")
+    entries = [answer.to_json_dict(), plain.to_json_dict(), answer.to_json_dict()]
+    results = (await batch.post(entries))["results"]
+    assert [r.get("code") for r in results] == [None, None, "replayed"]
+    assert results[0]["approval_id"] == approval["id"]
+    assert "approval_id" not in results[1]
+    r = await batch.client.get(f"/approvals/{approval['id']}")
+    assert r.json()["status"] == "approved"
+    row = batch.rows("SELECT detail FROM audit WHERE event_id = ?", results[0]["audit_event_id"])
+    assert row == [(f"approval {approval['id']}",)]
+
+
+async def test_metrics_count_every_proof(batch: Batch) -> None:
+    key = await batch.register("frank")
+    m = batch.state.metrics
+
+    def sample(metric: Any, name: str, **labels: str) -> float:
+        for family in metric.collect():
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return 0.0
+
+    def counts() -> tuple[float, float, float]:
+        total = "proof_messenger_verifications_total"
+        return (
+            sample(m.verifications, total, outcome="accepted", code="ok"),
+            sample(m.verifications, total, outcome="rejected", code="replayed"),
+            sample(m.verify_latency, "proof_messenger_verify_duration_seconds_count"),
+        )
+
+    ok, replayed, observed = counts()
+    proofs = [create_proof(key, wire(n), aud=AUD, sub="frank").to_json_dict() for n in range(3)]
+    await batch.post([*proofs, proofs[0]])
+    assert counts() == (ok + 3, replayed + 1, observed + 4)
