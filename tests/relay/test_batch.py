@@ -32,7 +32,7 @@ from proof_messenger.relay import apikeys
 from proof_messenger.relay.app import create_app
 from proof_messenger.relay.config import Settings
 from proof_messenger.relay.state import RelayState
-from proof_messenger.store.base import ApiKeyRecord
+from proof_messenger.store.base import ApiKeyRecord, WebhookSubscription
 
 AUD = "payments.example.com"
 
@@ -122,6 +122,18 @@ async def test_mixed_batch_answers_and_audits_each_entry_as_alone(batch: Batch) 
     def proof(amount: int, key: Any = alice, sub: str = "alice", **kw: Any) -> Proof:
         return create_proof(key, wire(amount), aud=AUD, sub=sub, **kw)
 
+    # A subscription to both event types: their outbox rows are written with the audit rows.
+    await batch.state.store.insert_webhook_subscription(
+        WebhookSubscription(
+            id="s1",
+            url="http://127.0.0.1:9/hook",
+            events=("proof.verified", "proof.rejected"),
+            secret_key_id=batch.state.keyring.active_key_id,
+            secret_ct=batch.state.keyring.encrypt(b"secret", b"s1")[1],
+            source="api",
+            created_at=time.time(),
+        )
+    )
     earlier = proof(1)
     assert (await batch.post([earlier.to_json_dict()]))["accepted"] == 1
     good, twin, other = proof(2), proof(3), proof(4, bob, "bob")

@@ -9,13 +9,24 @@ import secrets
 
 from proof_messenger.audit.chain import verify_chain_async
 from proof_messenger.store import KeyRecord, OutboxEvent
-from proof_messenger.store.base import ApprovalRecord
+from proof_messenger.store.base import ApprovalRecord, WebhookSubscription
 
 from .conftest import T0, Target, make_draft
 
 
 async def test_append_many_one_transaction_in_order_with_claims(target: Target) -> None:
     store = await target.store()
+    await store.insert_webhook_subscription(
+        WebhookSubscription(
+            id="s1",
+            url="https://receiver.example/s1",
+            events=("proof.verified",),
+            secret_key_id="mk-1",
+            secret_ct=b"\x00" * 40,
+            source="api",
+            created_at=T0 - 10,
+        )
+    )
     taken = os.urandom(32)
     assert not (await store.append(make_draft(0), claim_digest=taken)).replayed
     fresh = os.urandom(32)
