@@ -62,6 +62,7 @@ from .metrics import metrics
 __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id", "new_event_ids"]
 
 log = structlog.get_logger("proof_messenger.verify")
+_RESOLVED_MAX = 4096
 _json = msgspec.json.Encoder()
 
 
@@ -206,6 +207,11 @@ class VerificationService:
         self._verifier_uv = Verifier(
             replace(self.verifier.settings, require_user_verification=True), clock=clock
         )
+        #: id(KeyRecord) -> (that record, its ResolvedKey). Records are immutable and the
+        #: store returns the same object for a cached row, so the key derived from one is
+        #: reused; any change (revocation, sign count) is a new record read afresh: this is
+        #: no cache of key status. The record is held so that its id is not reused.
+        self._resolved: dict[int, tuple[KeyRecord, ResolvedKey | None]] = {}
 
     # --- the pipeline --------------------------------------------------------------------------
     async def verify(
@@ -525,7 +531,7 @@ class VerificationService:
         records = await self.store.get_keys(kids)
         resolved: dict[str, ResolvedKey] = {}
         for kid, record in records.items():
-            key = resolved_key(record)
+            key = self._resolved_key(record)
             if key is not None:
                 resolved[kid] = key
         return resolved
@@ -548,7 +554,17 @@ class VerificationService:
         record = await self.store.get_key(kid)
         if record is None:
             return None
-        return resolved_key(record)
+        return self._resolved_key(record)
+
+    def _resolved_key(self, record: KeyRecord) -> ResolvedKey | None:
+        hit = self._resolved.get(id(record))
+        if hit is not None and hit[0] is record:
+            return hit[1]
+        key = resolved_key(record)
+        if len(self._resolved) >= _RESOLVED_MAX:
+            self._resolved.clear()
+        self._resolved[id(record)] = (record, key)
+        return key
 
     # --- outcomes ------------------------------------------------------------------------------
     async def _append(
