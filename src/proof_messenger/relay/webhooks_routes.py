@@ -9,6 +9,7 @@ is written to the outbox in the audit row's transaction, whatever feature produc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import uuid
