@@ -8,6 +8,7 @@ first of duplicate intents wins, one webhook event per outcome, metrics per proo
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -266,3 +267,37 @@ async def test_metrics_count_every_proof(batch: Batch) -> None:
     proofs = [create_proof(key, wire(n), aud=AUD, sub="frank").to_json_dict() for n in range(3)]
     await batch.post([*proofs, proofs[0]])
     assert counts() == (ok + 3, replayed + 1, observed + 4)
+
+
+async def test_an_entry_with_a_repeated_key_is_refused_alone(batch: Batch) -> None:
+    """/verify refuses an envelope that repeats a key; a batch entry must not be
+    collapsed to its last value and accepted instead."""
+    key = await batch.register("gina")
+    good = create_proof(key, wire(1), aud=AUD, sub="gina")
+    other = create_proof(key, wire(2), aud=AUD, sub="gina").to_json_dict()
+    doc = good.to_json_dict()
+    # the same envelope with its "intent" given twice: the second one is the real intent
+    fields = [f'"{k}":{json.dumps(v)}' for k, v in doc.items() if k != "intent"]
+    repeated = "{" + ",".join([f'"intent":{json.dumps(other["intent"])}', *fields])
+    repeated += f',"intent":{json.dumps(doc["intent"])}' + "}"
+    body = '{"proofs":[' + repeated + "," + json.dumps(other) + "]}"
+    r = await batch.client.post(
+        "/verify/batch", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first["valid"] is False and first["code"] == "malformed_proof"
+    assert second["valid"] is True
+
+
+async def test_a_cbor_batch_with_a_repeated_key_is_refused(batch: Batch) -> None:
+    key = await batch.register("hank")
+    env = create_proof(key, wire(1), aud=AUD, sub="hank").to_cbor()
+    # a one-entry map {"proofs": [...]} whose entry repeats its first key ("v": 1)
+    entry = bytes([env[0] + 1]) + b"\x61v\x01" + env[1:]
+    body = b"\xa1\x66proofs\x81" + entry
+    r = await batch.client.post(
+        "/verify/batch", content=body, headers={"content-type": "application/cbor"}
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "malformed_request"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -12,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ...protocol import cbor as cbor_codec
+from ...protocol.errors import MalformedProof
 from ...store.base import StoreUnavailable
 from ..http import is_cbor, query_one, read_body, wants_cbor
 from ..problems import HTTPProblem, json_response, problem_body
@@ -80,6 +83,24 @@ async def verify(request: Request) -> Response:
     return _outcome_response(outcome, request)
 
 
+class _DuplicateKeys:
+    """Stands in for a JSON object that repeats a key: ``/verify`` refuses such an
+    envelope as malformed, so a batch entry must not be silently collapsed to one value
+    (msgspec and cbor2 keep the last); the service rejects this entry alone."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _DuplicateKeys:
+    obj = dict(pairs)
+    return obj if len(obj) == len(pairs) else _DuplicateKeys()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_BATCH_JSON = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_no_constant)
+
+
 async def verify_batch(request: Request) -> Response:
     state = relay_state(request)
     await state.authenticate(request, "verify")
@@ -88,7 +109,13 @@ async def verify_batch(request: Request) -> Response:
     cbor = is_cbor(request)
     raw = await read_body(request, limits.max_body_bytes * 4, limits.request_timeout_seconds)
     try:
-        doc: Any = cbor2.loads(raw) if cbor else msgspec.json.decode(raw)
+        # Both decoders refuse repeated keys (see _DuplicateKeys); the CBOR one refuses the
+        # whole batch, with the same rules as a single CBOR envelope.
+        doc: Any = (
+            cbor_codec.decode(raw, strict=False, error=MalformedProof, root="batch")
+            if cbor
+            else _BATCH_JSON.decode(raw.decode("utf-8"))
+        )
     except Exception as exc:
         raise HTTPProblem(
             400, "malformed_request", "Malformed batch", "the body is not a valid document"
