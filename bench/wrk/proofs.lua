@@ -5,7 +5,8 @@
 --   replay protection answers a repeated proof with 409).
 --   MODE "verify": an answer counts as good if it is a 200 containing "valid":true.
 --   MODE "batch":  good if it is a 200 whose "accepted" equals BATCH_SIZE and "rejected" is 0.
---   DELAY_MS > 0 paces each connection (a steady, rate-limited load instead of closed loop).
+--   DELAY_MS > 0 paces each connection (a steady, rate-limited load instead of closed loop),
+--   with random pauses of that mean so the connections do not fire in step.
 -- When a thread runs out of bodies it stops itself and says so ("exhausted").
 
 local threads = {}
@@ -32,6 +33,7 @@ function init(args)
    mode = args[2] or "verify"
    delay_ms = tonumber(args[3] or "0")
    batch_size = tonumber(args[4] or "1")
+   math.randomseed(os.time() * 1000 + id)
    local f = assert(io.open(prefix .. "." .. id, "r"))
    for line in f:lines() do
       if #line > 0 then
@@ -43,8 +45,14 @@ function init(args)
    wrk.headers["Content-Type"] = "application/json"
 end
 
+-- Each pause is drawn uniformly from [0.5, 1.5) x DELAY_MS (the same mean): with a fixed
+-- pause all connections stay in step and send in bursts of C requests at once, which
+-- measures the queue behind a burst, not a steady rate.
 function delay()
-   return delay_ms
+   if delay_ms <= 0 then
+      return 0
+   end
+   return math.floor(delay_ms * (0.5 + math.random()) + 0.5)
 end
 
 function request()

@@ -180,11 +180,11 @@ class SQLiteStore:
         read_threads: int = 2,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
-        commit_interval: float = float(os.environ.get("PM_SQLITE_COMMIT_INTERVAL", "0.003")),
+        commit_interval: float = 0.0,
     ) -> None:
         """``commit_interval``: under load, group commits start at most this often (see
-        ``GroupCommitter``); each SQLite commit costs about as much CPU as verifying a
-        proof, so a busy relay must not commit a row or two at a time."""
+        ``GroupCommitter``). Off by default: 3 ms gave no gain on the benchmark (under
+        saturation the batches are already large), see docs/benchmarks.md."""
         self.path = path
         self._memory = path == ":memory:"
         self._busy_timeout = busy_timeout
