@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -102,23 +103,23 @@ _ORDERED: tuple[tuple[str, str], ...] = tuple(
     for attr in [dict((k, a) for a, k in _KEYS).get(key, key)]
 )
 _SCALARS = (str, int, bytes, type(None))
+_ORDERED_KEYS = tuple(key for _, key in _ORDERED)
+_FIELD_ATTRS = tuple(attr for attr, key in _ORDERED if key not in ("seq", "t"))
+_fields = operator.attrgetter(*_FIELD_ATTRS)
+_T_AT, _SEQ_AT = _ORDERED_KEYS.index("t"), _ORDERED_KEYS.index("seq")
+assert _T_AT == 0 and _SEQ_AT > _T_AT  # "t" sorts first (shortest key); used below
 
 
 def entry_bytes(seq: int, draft: AuditDraft) -> bytes:
     """Deterministic CBOR (RFC 8949 core deterministic order) of every draft field plus seq."""
-    obj: dict[str, Any] = {}
-    for attr, key in _ORDERED:
-        if key == "seq":
-            obj[key] = seq
-        elif key == "t":
-            obj[key] = time_to_micros(draft.time)
-        else:
-            value = getattr(draft, attr)
-            if value.__class__ not in _SCALARS and not isinstance(value, _SCALARS):
-                # floats are not canonical; maps would need their keys sorted
-                raise TypeError(f"audit field {attr!r} must be text, bytes, an integer or null")
-            obj[key] = value
-    return cbor2.dumps(obj)
+    values = _fields(draft)
+    for attr, value in zip(_FIELD_ATTRS, values, strict=True):
+        if value.__class__ not in _SCALARS and not isinstance(value, _SCALARS):
+            # floats are not canonical; maps would need their keys sorted
+            raise TypeError(f"audit field {attr!r} must be text, bytes, an integer or null")
+    cut = _SEQ_AT - 1  # values exclude "t" (index 0), so seq goes after cut of them
+    ordered = (time_to_micros(draft.time), *values[:cut], seq, *values[cut:])
+    return cbor2.dumps(dict(zip(_ORDERED_KEYS, ordered, strict=True)))
 
 
 def chain_hash(prev_hash: bytes, entry: bytes) -> bytes:

@@ -785,7 +785,8 @@ class VerificationService:
             key_id, blob = self.keyring.encrypt(_json.encode(ctx), event_id.encode("ascii"))
         return AuditDraft(
             event_id=event_id,
-            time=now,
+            # whole microseconds, as stored: the writer need not rebuild the draft to round
+            time=round(now * 1_000_000) / 1_000_000,
             event_type=event_type,
             status=status,  # type: ignore[arg-type]
             sub=sub,

@@ -7,6 +7,7 @@ import binascii
 import functools
 import importlib.resources
 import json
+import operator
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,12 +91,15 @@ def load_migrations(dialect: str) -> tuple[Migration, ...]:
     return tuple(sorted(found, key=lambda m: m.name))
 
 
+_draft_fields = operator.attrgetter(*AUDIT_DRAFT_FIELDS)
+
+
 def audit_row_values(record: AuditRecord) -> tuple[Any, ...]:
     d = record.draft
     return (
         record.seq,
         time_to_micros(d.time),
-        *(getattr(d, name) for name in AUDIT_DRAFT_FIELDS),
+        *_draft_fields(d),
         record.prev_hash,
         record.entry_hash,
     )

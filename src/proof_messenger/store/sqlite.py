@@ -1172,6 +1172,11 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
     leaves: list[bytes] = []
     results: list[AppendResult] = []
     wanted: frozenset[str] | None = None  # event types some live subscription wants
+    # Rows are collected and written with one executemany per table after the loop (the
+    # outbox and policy rows after the audit rows they refer to).
+    audit_rows: list[tuple[Any, ...]] = []
+    outbox_rows: list[tuple[Any, ...]] = []
+    policy_rows: list[tuple[Any, ...]] = []
     for item in batch:
         draft = item.draft
         if item.claim_digest is not None:
@@ -1196,7 +1201,7 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
         record, entry = seal_entry(seq + 1, prev_hash, draft)
         leaf = leaf_hash(entry)
         leaves.append(leaf)
-        con.execute(_INSERT_AUDIT, (*audit_row_values(record), leaf))
+        audit_rows.append((*audit_row_values(record), leaf))
         if item.outbox:
             if wanted is None:
                 wanted = frozenset(
@@ -1204,16 +1209,21 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
                     for (events,) in con.execute(LIVE_SUBSCRIPTION_EVENTS)
                     for t in json.loads(events)
                 )
-            for event in item.outbox:
-                if event.event_type in wanted:
-                    con.execute(
-                        _INSERT_OUTBOX,
-                        (draft.event_id, event.event_type, event.payload, draft.time, draft.time),
-                    )
+            outbox_rows.extend(
+                (draft.event_id, event.event_type, event.payload, draft.time, draft.time)
+                for event in item.outbox
+                if event.event_type in wanted
+            )
         if item.policy_approval is not None:  # policy engine
-            con.execute(_INSERT_POLICY_APPROVAL, _policy_approval_values(item.policy_approval))
+            policy_rows.append(_policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
         results.append(AppendResult(record=record))
+    if audit_rows:
+        con.executemany(_INSERT_AUDIT, audit_rows)
+    if outbox_rows:
+        con.executemany(_INSERT_OUTBOX, outbox_rows)
+    if policy_rows:
+        con.executemany(_INSERT_POLICY_APPROVAL, policy_rows)
     tree, nodes = _merkle.extend_tree(tree, leaves)
     if nodes:
         con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
