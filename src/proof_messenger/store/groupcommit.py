@@ -71,28 +71,16 @@ class GroupCommitter:
         *,
         max_batch: int = 256,
         take_turn: TurnFn | None = None,
-        min_interval: float = 0.0,
     ) -> None:
         """``take_turn`` (optional) waits until this process may write (e.g. a cross-process
         lock) and returns an async ``give_back`` for the case that nothing is committed.
         The batch is drained only after the turn is taken, so appends that arrive while
-        another process commits join this batch: fewer, bigger durable commits.
-
-        ``min_interval`` (seconds): under load, start commits at most this often. A
-        durable commit has a large fixed cost (on SQLite ~10 WAL pages and an fsync, some
-        400 µs of CPU here), and without a pause a busy relay commits one or two rows at a
-        time. The pause applies only while there is load (the last batch had several rows,
-        or rows queued up during it): a lone caller is never delayed."""
+        another process commits join this batch: fewer, bigger durable commits."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
-        if not 0 <= min_interval < 1:
-            raise ValueError("min_interval must be in [0, 1) seconds")
         self._commit = commit
         self._take_turn = take_turn
         self._max_batch = max_batch
-        self._min_interval = min_interval
-        self._last_start = 0.0
-        self._loaded = False
         self._queue: asyncio.Queue[list[PendingAppend]] | None = None
         #: A group taken from the queue that did not fit the last batch: it starts the next.
         self._carry: list[PendingAppend] | None = None
@@ -185,14 +173,9 @@ class GroupCommitter:
     async def _run(self) -> None:
         assert self._queue is not None
         queue = self._queue
-        loop = asyncio.get_running_loop()
         while True:
             carried, self._carry = self._carry, None
             groups = [carried if carried is not None else await queue.get()]
-            if self._loaded and self._min_interval:
-                delay = self._last_start + self._min_interval - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
             give_back = None
             try:
                 if self._take_turn is not None:
@@ -215,9 +198,7 @@ class GroupCommitter:
                 batch = [item for group in groups for item in group if not item.future.done()]
                 if batch:
                     give_back = None  # the commit ends the turn, whatever happens
-                    self._last_start = loop.time()
                     await self._commit_batch(batch)
-                self._loaded = len(batch) > 1 or not queue.empty() or self._carry is not None
             finally:
                 if give_back is not None:
                     await give_back()

@@ -180,11 +180,7 @@ class SQLiteStore:
         read_threads: int = 2,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
-        commit_interval: float = 0.0,
     ) -> None:
-        """``commit_interval``: under load, group commits start at most this often (see
-        ``GroupCommitter``). Off by default: 3 ms gave no gain on the benchmark (under
-        saturation the batches are already large), see docs/benchmarks.md."""
         self.path = path
         self._memory = path == ":memory:"
         self._busy_timeout = busy_timeout
@@ -211,7 +207,6 @@ class SQLiteStore:
             self._commit_batch,
             max_batch=max_batch,
             take_turn=None if self._memory or fcntl is None else self._take_turn,
-            min_interval=commit_interval,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
