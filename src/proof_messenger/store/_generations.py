@@ -48,12 +48,8 @@ class Generations:
     An aligned 8-byte load never tears on the platforms we run on.
     """
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str) -> None:
         self._fd: int | None = None
-        self._map: mmap.mmap | bytearray
-        if path is None:  # one process (":memory:")
-            self._map = bytearray(_FMT.size * _SLOTS)
-            return
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size < _FMT.size * _SLOTS:
@@ -72,8 +68,7 @@ class Generations:
         _FMT.pack_into(self._map, slot * _FMT.size, (self.read(slot) + 1) % 2**64)
 
     def close(self) -> None:
-        if isinstance(self._map, mmap.mmap):
-            self._map.close()
+        self._map.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

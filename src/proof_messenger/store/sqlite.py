@@ -114,6 +114,7 @@ except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _INSERT_AUDIT = (
     "INSERT INTO audit (seq, time_us, event_id, event_type, status, sub, kid, tx_type, "
@@ -155,6 +156,18 @@ def _json_strings(text: str) -> tuple[str, ...]:
     if text == "[]":  # a device key's transports: every key read, skip the JSON parser
         return ()
     return tuple(json.loads(text))
+
+
+_SELECT_KEY_BY_KID = SELECT_KEY + " WHERE kid = ?"
+_SELECT_API_KEY_BY_ID = SELECT_API_KEY + " WHERE id = ?"
+
+
+def _key_from_row(row: Any) -> KeyRecord:
+    return key_from_row(row, _json_strings)
+
+
+def _api_key_from_row(row: Any) -> ApiKeyRecord:
+    return api_key_from_row(row, _json_strings)
 
 
 def _split_statements(script: str) -> list[str]:
@@ -389,10 +402,36 @@ class SQLiteStore:
             return await self._read(fn)
         if self._readers is None:
             raise StoreUnavailable("store is not open")
+        return self._inline(fn)
+
+    def _inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on this thread's reader connection, errors as ``StoreUnavailable``."""
         try:
             return fn(self._reader_con())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
+
+    async def _cached_row(
+        self,
+        cache: RecordCache[str, R] | None,
+        key: str,
+        sql: str,
+        from_row: Callable[[Any], R],
+    ) -> R | None:
+        """A primary-key read through a read cache (``_generations``): a hit, or the row
+        read inline and kept under the counter value seen before the read."""
+        generation = 0
+        if cache is not None:
+            hit, generation = cache.get(key)
+            if hit is not None:
+                return hit
+        row = await self._lookup(lambda con: con.execute(sql, (key,)).fetchone())
+        if row is None:
+            return None
+        record = from_row(row)
+        if cache is not None:
+            cache.put(key, record, generation)
+        return record
 
     # --- migrations ----------------------------------------------------------------------------
 
@@ -469,20 +508,7 @@ class SQLiteStore:
             raise DuplicateKey(f"key {record.kid!r} is already registered") from exc
 
     async def get_key(self, kid: str) -> KeyRecord | None:
-        cache, generation = self._key_cache, 0
-        if cache is not None:
-            hit, generation = cache.get(kid)
-            if hit is not None:
-                return hit
-        row = await self._lookup(
-            lambda con: con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
-        )
-        if row is None:
-            return None
-        record = key_from_row(row, _json_strings)
-        if cache is not None:
-            cache.put(kid, record, generation)
-        return record
+        return await self._cached_row(self._key_cache, kid, _SELECT_KEY_BY_KID, _key_from_row)
 
     async def get_keys(self, kids: Sequence[str]) -> dict[str, KeyRecord]:
         """``get_key`` for many kids: cache hits, then ONE read for the misses."""
@@ -501,7 +527,7 @@ class SQLiteStore:
         sql = SELECT_KEY + " WHERE kid IN (" + ",".join("?" * len(wanted)) + ")"
         rows = await self._lookup(lambda con: con.execute(sql, wanted).fetchall())
         for row in rows:
-            record = key_from_row(row, _json_strings)
+            record = _key_from_row(row)
             found[record.kid] = record
             if cache is not None:
                 cache.put(record.kid, record, generation)
@@ -515,7 +541,7 @@ class SQLiteStore:
                 SELECT_KEY + " WHERE sub = ? ORDER BY created_at, kid", (sub,)
             ).fetchall()
 
-        return [key_from_row(r, _json_strings) for r in await self._read(query)]
+        return [_key_from_row(r) for r in await self._read(query)]
 
     async def revoke_key(self, kid: str, reason: str, at: float) -> KeyRecord | None:
         """Revoke; an already revoked key keeps its first revocation (time and reason)."""
@@ -529,7 +555,7 @@ class SQLiteStore:
             return con.execute(SELECT_KEY + " WHERE kid = ?", (kid,)).fetchone()
 
         row = await self._write(revoke, bump=REGISTRY)
-        return None if row is None else key_from_row(row, _json_strings)
+        return None if row is None else _key_from_row(row)
 
     async def advance_sign_count(self, kid: str, seen: int, new: int) -> bool:
         def cas(con: sqlite3.Connection) -> bool:
@@ -564,26 +590,15 @@ class SQLiteStore:
             raise DuplicateKey(f"API key {record.id!r} already exists") from exc
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        cache, generation = self._api_key_cache, 0
-        if cache is not None:
-            hit, generation = cache.get(key_id)
-            if hit is not None:
-                return hit
-        row = await self._lookup(
-            lambda con: con.execute(SELECT_API_KEY + " WHERE id = ?", (key_id,)).fetchone()
+        return await self._cached_row(
+            self._api_key_cache, key_id, _SELECT_API_KEY_BY_ID, _api_key_from_row
         )
-        if row is None:
-            return None
-        record = api_key_from_row(row, _json_strings)
-        if cache is not None:
-            cache.put(key_id, record, generation)
-        return record
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         rows = await self._read(
             lambda con: con.execute(SELECT_API_KEY + " ORDER BY created_at, id").fetchall()
         )
-        return [api_key_from_row(r, _json_strings) for r in rows]
+        return [_api_key_from_row(r) for r in rows]
 
     async def revoke_api_key(self, key_id: str, at: float) -> bool:
         """True if this call revoked it; False if unknown or already revoked."""
@@ -704,13 +719,11 @@ class SQLiteStore:
     def _approval_nonces_after(self, rowid: int) -> list[tuple[int, bytes]]:
         """(rowid, nonce) of approval requests after ``rowid`` (approval rows are never
         deleted, and writers commit one at a time, so rowids only grow)."""
-        con = self._reader_con()
-        try:
-            return con.execute(
+        return self._inline(
+            lambda con: con.execute(
                 "SELECT rowid, nonce FROM approvals WHERE rowid > ? ORDER BY rowid", (rowid,)
             ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
+        )
 
     async def get_approvals_by_nonces(self, nonces: Sequence[bytes]) -> dict[bytes, ApprovalRecord]:
         """``get_approval_by_nonce`` for many nonces: the filter, then ONE read if needed."""
