@@ -9,12 +9,10 @@ row, and the answer is built only after that row has committed.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
@@ -58,6 +56,7 @@ from ..store.base import (
 )
 from .config import Settings
 from .metrics import metrics
+from .timefmt import utc_parts
 
 __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id", "new_event_ids"]
 
@@ -93,27 +92,11 @@ def new_event_ids(count: int) -> list[str]:
     return [_format_v7(ms, int.from_bytes(raw[i : i + 10])) for i in range(0, 10 * count, 10)]
 
 
-_iso_second: tuple[int, str] = (-1, "")
-
-
 def iso(ts: float) -> str:
     """RFC 3339 UTC with milliseconds (``2026-11-25T21:43:00.123Z``), exactly what
     ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` gives with
-    ``Z`` for ``+00:00``. The date-time part is formatted once per second (``datetime``
-    costs ~5 µs a call); the split into seconds and microseconds is datetime's own
-    (microseconds rounded half-even, then truncated to milliseconds)."""
-    global _iso_second
-    frac, whole = math.modf(ts)
-    us = round(frac * 1e6)
-    second = int(whole)
-    if us >= 1_000_000:
-        second, us = second + 1, us - 1_000_000
-    elif us < 0:
-        second, us = second - 1, us + 1_000_000
-    cached_second, prefix = _iso_second
-    if second != cached_second:
-        prefix = datetime.fromtimestamp(second, UTC).isoformat()[:19]
-        _iso_second = (second, prefix)
+    ``Z`` for ``+00:00``."""
+    prefix, us = utc_parts(ts)
     return f"{prefix}.{us // 1000:03d}Z"
 
 
