@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from proof_messenger.store import Store
-from proof_messenger.store.base import ApprovalRecord, ApprovalTransition, RegistrationChallenge
+from proof_messenger.store.base import ApprovalTransition, RegistrationChallenge
 from proof_messenger.store.postgres import PostgresStore
 from proof_messenger.store.sqlite import SQLiteStore
 from tests.store.conftest import T0, make_draft, pg_database
+from tests.store.conftest import make_approval as approval
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -37,23 +37,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             yield s
         finally:
             await s.close()
-
-
-def approval(expires_at: float = T0 + 300) -> ApprovalRecord:
-    return ApprovalRecord(
-        id=secrets.token_urlsafe(16),
-        sub="alice",
-        aud="localhost",
-        nonce=os.urandom(32),
-        intent_digest=os.urandom(32),
-        intent_key_id="mk-1",
-        intent_ct=os.urandom(60),
-        page_token_hash=os.urandom(32),
-        created_at=T0,
-        expires_at=expires_at,
-        require_uv=True,
-        api_key_id="k1",
-    )
 
 
 async def test_insert_and_find_by_id_and_nonce(store: Store) -> None:

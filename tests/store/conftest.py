@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ import pytest
 
 from proof_messenger.store import Store
 from proof_messenger.store._common import AUDIT_COLUMNS, audit_row_values
-from proof_messenger.store.base import AuditDraft, AuditRecord
+from proof_messenger.store.base import ApprovalRecord, AuditDraft, AuditRecord, WebhookSubscription
 from proof_messenger.store.postgres import PostgresStore
 from proof_messenger.store.sqlite import SQLiteStore
 
@@ -46,6 +47,41 @@ def make_draft(i: int, **overrides: Any) -> AuditDraft:
     }
     values.update(overrides)
     return AuditDraft(**values)
+
+
+def make_subscription(
+    sub_id: str, events: tuple[str, ...], created_at: float = T0 - 100
+) -> WebhookSubscription:
+    """A live API-created webhook subscription (created before every ``make_draft`` time)."""
+    return WebhookSubscription(
+        id=sub_id,
+        url=f"https://receiver.example/{sub_id}",
+        events=events,
+        secret_key_id="mk-1",
+        secret_ct=b"\x00" * 40,
+        source="api",
+        created_at=created_at,
+    )
+
+
+def make_approval(expires_at: float = T0 + 300, **overrides: Any) -> ApprovalRecord:
+    """A pending approval request with a fresh id and nonce."""
+    values: dict[str, Any] = {
+        "id": secrets.token_urlsafe(16),
+        "sub": "alice",
+        "aud": "localhost",
+        "nonce": os.urandom(32),
+        "intent_digest": os.urandom(32),
+        "intent_key_id": "mk-1",
+        "intent_ct": os.urandom(60),
+        "page_token_hash": os.urandom(32),
+        "created_at": T0,
+        "expires_at": expires_at,
+        "require_uv": True,
+        "api_key_id": "k1",
+    }
+    values.update(overrides)
+    return ApprovalRecord(**values)
 
 
 @dataclass

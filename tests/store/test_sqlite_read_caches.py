@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,9 +17,8 @@ import pytest
 
 from proof_messenger.store import ApiKeyRecord, KeyRecord
 from proof_messenger.store._generations import APPROVALS, Generations, NonceFilter
-from proof_messenger.store.base import ApprovalRecord
 from proof_messenger.store.sqlite import SQLiteStore
-from tests.store.conftest import T0
+from tests.store.conftest import T0, make_approval
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,21 +39,6 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]
 
 def _key(kid: str) -> KeyRecord:
     return KeyRecord(kid=kid, sub="alice", alg="ES256", public_key=b"\x30" * 91, created_at=T0)
-
-
-def _approval() -> ApprovalRecord:
-    return ApprovalRecord(
-        id=secrets.token_urlsafe(16),
-        sub="alice",
-        aud="localhost",
-        nonce=os.urandom(32),
-        intent_digest=os.urandom(32),
-        intent_key_id="mk-1",
-        intent_ct=os.urandom(60),
-        page_token_hash=os.urandom(32),
-        created_at=T0,
-        expires_at=T0 + 300,
-    )
 
 
 async def test_signing_key_revoked_elsewhere_is_seen_at_once(
@@ -106,7 +89,7 @@ async def test_approval_created_elsewhere_is_found_by_nonce(
 ) -> None:
     a, b = pair
     assert await a.get_approval_by_nonce(os.urandom(32)) is None  # filter loaded, empty
-    created = [_approval() for _ in range(3)]
+    created = [make_approval() for _ in range(3)]
     for r in created:
         await b.insert_approval(r)
     for r in created:

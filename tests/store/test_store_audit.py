@@ -16,9 +16,8 @@ from proof_messenger.audit.chain import (
     verify_chain_async,
 )
 from proof_messenger.store import AuditFilter, AuditRecord, OutboxEvent, Store, StoreUnavailable
-from proof_messenger.store.base import WebhookSubscription
 
-from .conftest import T0, Target, make_draft
+from .conftest import T0, Target, make_draft, make_subscription
 
 
 async def all_rows(store: Store) -> list[AuditRecord]:
@@ -115,21 +114,9 @@ async def test_two_instances_append_concurrently_without_forking(target: Target)
     assert report.ok, report.problem
 
 
-def _subscription(sub_id: str, events: tuple[str, ...]) -> WebhookSubscription:
-    return WebhookSubscription(
-        id=sub_id,
-        url=f"https://receiver.example/{sub_id}",
-        events=events,
-        secret_key_id="mk-1",
-        secret_ct=b"\x00" * 40,
-        source="api",
-        created_at=T0 - 10,
-    )
-
-
 async def test_outbox_rows_are_written_with_their_audit_row(target: Target) -> None:
     store = await target.store()
-    await store.insert_webhook_subscription(_subscription("s1", ("proof.verified", "key.used")))
+    await store.insert_webhook_subscription(make_subscription("s1", ("proof.verified", "key.used")))
     d = make_draft(1)
     events = [OutboxEvent("proof.verified", b'{"a":1}'), OutboxEvent("key.used", b'{"b":2}')]
     res = await store.append(d, outbox=events)
@@ -159,7 +146,7 @@ async def test_outbox_rows_only_for_event_types_a_live_subscription_wants(
     events = [OutboxEvent("proof.verified", b"{}"), OutboxEvent("key.used", b"{}")]
     await store.append(make_draft(1), outbox=events)
     assert await target.fetch("SELECT id FROM outbox") == []
-    await store.insert_webhook_subscription(_subscription("s1", ("key.used",)))
+    await store.insert_webhook_subscription(make_subscription("s1", ("key.used",)))
     await store.append(make_draft(2), outbox=events)
     rows = await target.fetch("SELECT event_type FROM outbox")
     assert [r[0] for r in rows] == ["key.used"]
@@ -313,7 +300,7 @@ async def test_failed_batch_rolls_back_everything_then_recovers(target: Target) 
     head = await store.chain_head()
     digest = os.urandom(32)
     event = [OutboxEvent("proof.verified", b"{}")]
-    await store.insert_webhook_subscription(_subscription("s1", ("proof.verified",)))
+    await store.insert_webhook_subscription(make_subscription("s1", ("proof.verified",)))
     # Fault: the outbox table disappears, so each batch fails at its first outbox insert.
     await target.execute("ALTER TABLE outbox RENAME TO outbox_gone")
     results = await asyncio.gather(

@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 
 from proof_messenger.audit.chain import verify_chain_async
 from proof_messenger.store import KeyRecord, OutboxEvent
-from proof_messenger.store.base import ApprovalRecord, WebhookSubscription
 
-from .conftest import T0, Target, make_draft
+from .conftest import T0, Target, make_approval, make_draft, make_subscription
 
 
 async def test_append_many_one_transaction_in_order_with_claims(target: Target) -> None:
     store = await target.store()
     await store.insert_webhook_subscription(
-        WebhookSubscription(
-            id="s1",
-            url="https://receiver.example/s1",
-            events=("proof.verified",),
-            secret_key_id="mk-1",
-            secret_ct=b"\x00" * 40,
-            source="api",
-            created_at=T0 - 10,
-        )
+        make_subscription("s1", ("proof.verified",), created_at=T0 - 10)
     )
     taken = os.urandom(32)
     assert not (await store.append(make_draft(0), claim_digest=taken)).replayed
@@ -78,20 +68,7 @@ async def test_get_approvals_by_nonces(target: Target) -> None:
     store = await target.store()
     made = []
     for _ in range(2):
-        record = ApprovalRecord(
-            id=secrets.token_urlsafe(16),
-            sub="alice",
-            aud="localhost",
-            nonce=os.urandom(32),
-            intent_digest=os.urandom(32),
-            intent_key_id="mk-1",
-            intent_ct=os.urandom(60),
-            page_token_hash=os.urandom(32),
-            created_at=T0,
-            expires_at=T0 + 300,
-            require_uv=False,
-            api_key_id="k1",
-        )
+        record = make_approval(require_uv=False)
         await store.insert_approval(record)
         made.append(record)
     found = await store.get_approvals_by_nonces([made[1].nonce, os.urandom(32), made[1].nonce])

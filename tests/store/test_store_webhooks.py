@@ -8,21 +8,9 @@ import pytest
 
 from proof_messenger.store.base import OutboxEvent, Store, WebhookSubscription
 
-from .conftest import T0, Target, make_draft
+from .conftest import T0, Target, make_draft, make_subscription
 
 pytestmark = pytest.mark.asyncio
-
-
-def sub(sub_id: str, events: tuple[str, ...], created_at: float = T0 - 100) -> WebhookSubscription:
-    return WebhookSubscription(
-        id=sub_id,
-        url=f"https://receiver.example/{sub_id}",
-        events=events,
-        secret_key_id="mk-1",
-        secret_ct=b"\x00" * 40,
-        source="api",
-        created_at=created_at,
-    )
 
 
 async def emit(store: Store, i: int, event_type: str = "proof.verified") -> str:
@@ -32,9 +20,13 @@ async def emit(store: Store, i: int, event_type: str = "proof.verified") -> str:
 
 
 async def test_fan_out_matches_events_and_is_idempotent(store: Store) -> None:
-    await store.insert_webhook_subscription(sub("all", ("proof.verified", "key.revoked")))
-    await store.insert_webhook_subscription(sub("keys", ("key.revoked",)))
-    await store.insert_webhook_subscription(sub("late", ("proof.verified",), created_at=T0 + 50))
+    await store.insert_webhook_subscription(
+        make_subscription("all", ("proof.verified", "key.revoked"))
+    )
+    await store.insert_webhook_subscription(make_subscription("keys", ("key.revoked",)))
+    await store.insert_webhook_subscription(
+        make_subscription("late", ("proof.verified",), created_at=T0 + 50)
+    )
     await emit(store, 1)
     await emit(store, 2, "key.revoked")
     assert await store.fan_out_outbox(T0 + 10, 100) == 2
@@ -50,7 +42,7 @@ async def test_fan_out_matches_events_and_is_idempotent(store: Store) -> None:
 
 
 async def test_leases_hand_each_delivery_to_one_worker(store: Store) -> None:
-    await store.insert_webhook_subscription(sub("s", ("proof.verified",)))
+    await store.insert_webhook_subscription(make_subscription("s", ("proof.verified",)))
     for i in range(6):
         await emit(store, i)
     await store.fan_out_outbox(T0, 100)
@@ -76,7 +68,7 @@ async def test_leases_hand_each_delivery_to_one_worker(store: Store) -> None:
 
 
 async def test_retry_dead_letter_and_replay(store: Store) -> None:
-    await store.insert_webhook_subscription(sub("s", ("proof.verified",)))
+    await store.insert_webhook_subscription(make_subscription("s", ("proof.verified",)))
     await emit(store, 1)
     await store.fan_out_outbox(T0, 10)
     (task,) = await store.claim_due_deliveries(T0 + 1, 10, 30, "w")
@@ -103,7 +95,7 @@ async def test_retry_dead_letter_and_replay(store: Store) -> None:
 
 
 async def test_delivery_pages_and_deleted_subscriptions(store: Store) -> None:
-    await store.insert_webhook_subscription(sub("s", ("proof.verified",)))
+    await store.insert_webhook_subscription(make_subscription("s", ("proof.verified",)))
     for i in range(7):
         await emit(store, i)
     await store.fan_out_outbox(T0, 100)
@@ -124,7 +116,7 @@ async def test_delivery_pages_and_deleted_subscriptions(store: Store) -> None:
 
 
 async def test_upsert_keeps_created_at_and_undeletes(store: Store, target: Target) -> None:
-    first = sub("cfg", ("proof.verified",), created_at=T0)
+    first = make_subscription("cfg", ("proof.verified",), created_at=T0)
     await store.upsert_webhook_subscription(first)
     await store.delete_webhook_subscription("cfg", T0 + 1)
     changed = WebhookSubscription(
