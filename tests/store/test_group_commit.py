@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -30,8 +31,11 @@ class FakeDb:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def commit(self, batch: list[PendingAppend]) -> list[AppendResult]:
+    async def commit(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
         await self.gate.wait()
+        batch = take()
+        if not batch:
+            return []
         self.commits.append([item.draft.event_id for item in batch])
         results = []
         for seq, item in enumerate(batch, 1):
@@ -128,3 +132,71 @@ async def test_stop_fails_queued_groups_and_refuses_new_ones() -> None:
             await task
     with pytest.raises(StoreUnavailable):
         await gc.submit_many(entries([5]))
+
+
+async def test_the_batch_is_taken_when_the_backend_may_write() -> None:
+    """Appends queued while the backend waits for its write turn join that batch."""
+    db = FakeDb()
+    gc = GroupCommitter(db.commit)
+    gc.start()
+    try:
+        db.gate.clear()  # the backend is waiting for its turn
+        first = asyncio.ensure_future(gc.submit(draft(0), None, ()))
+        await asyncio.sleep(0)
+        later = asyncio.ensure_future(gc.submit_many(entries(range(1, 4))))
+        await asyncio.sleep(0)
+        db.gate.set()
+        await asyncio.gather(first, later)
+        assert db.commits == [["e0", "e1", "e2", "e3"]]
+    finally:
+        await gc.stop()
+
+
+async def test_a_commit_on_a_thread_that_outlives_stop_takes_nothing() -> None:
+    """stop() fails what is still queued; a writer thread that only then gets its turn
+    takes an empty batch, so nothing is written for callers already told "closed"."""
+    turn = threading.Event()
+    taken: list[list[str]] = []
+
+    def on_thread(take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        turn.wait(5)
+        batch = take()
+        taken.append([item.draft.event_id for item in batch])
+        return [AppendResult(AuditRecord(1, item.draft, b"", b"")) for item in batch]
+
+    async def commit(take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        return await asyncio.get_running_loop().run_in_executor(None, on_thread, take)
+
+    gc = GroupCommitter(commit)
+    gc.start()
+    pending = asyncio.ensure_future(gc.submit(draft(0), None, ()))
+    await asyncio.sleep(0.01)
+    await gc.stop(drain_timeout=0.01)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await pending
+    turn.set()
+    for _ in range(100):
+        if taken:
+            break
+        await asyncio.sleep(0.01)
+    assert taken == [[]]
+
+
+async def test_a_failure_before_taking_fails_the_next_batch_and_the_writer_goes_on() -> None:
+    db = FakeDb()
+    failures = [StoreUnavailable("cannot lock x-writelock")]
+
+    async def commit(take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        if failures:
+            raise failures.pop()
+        return await db.commit(take)
+
+    gc = GroupCommitter(commit)
+    gc.start()
+    try:
+        with pytest.raises(StoreUnavailable, match="writelock"):
+            await gc.submit(draft(0), None, ())
+        result = await gc.submit(draft(1), None, ())
+        assert result.record is not None and db.commits == [["e1"]]
+    finally:
+        await gc.stop()

@@ -1,8 +1,8 @@
 """Group commit: many concurrent ``append()`` calls share one database transaction.
 
-One writer task drains the queue, taking whatever is queued when the previous commit
-finishes (no artificial delay), up to ``max_batch`` items, and hands the batch to the
-backend's ``commit`` function, which runs ONE transaction for it. The queue holds groups:
+One writer task hands the backend's ``commit`` function a ``take`` callable; the backend
+calls it once it may write and gets whatever is queued then (no artificial delay), up to
+``max_batch`` items, and runs ONE transaction for it. The queue holds groups:
 ``submit`` queues a group of one, ``submit_many`` (``/verify/batch``) queues all of a
 call's rows as one group, which is never split across transactions (a group larger than
 ``max_batch`` is committed whole, alone or with the groups that fit before it). Every caller's future is
@@ -13,8 +13,10 @@ rolled back. The writer task survives failures, so the store recovers by itself.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -59,39 +61,42 @@ class PendingAppend:
     policy_approval: PolicyApproval | None = None
 
 
-CommitFn = Callable[[list[PendingAppend]], Awaitable[list[AppendResult]]]
-#: Optional: wait for the database's write turn before a batch is drained (see __init__).
-TurnFn = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
+CommitFn = Callable[[Callable[[], list[PendingAppend]]], Awaitable[list[AppendResult]]]
+"""``commit(take)``: once the backend may write (e.g. holds its cross-process write lock),
+it calls ``take()`` for the batch, commits it in ONE transaction and returns one result
+per row, in order. ``take()`` may return ``[]`` (every caller gave up, or the committer
+stopped): then nothing is written and the result is ``[]``. ``take`` may be called on the
+backend's writer thread."""
 
 
 class GroupCommitter:
-    def __init__(
-        self,
-        commit: CommitFn,
-        *,
-        max_batch: int = 256,
-        take_turn: TurnFn | None = None,
-    ) -> None:
-        """``take_turn`` (optional) waits until this process may write (e.g. a cross-process
-        lock) and returns an async ``give_back`` for the case that nothing is committed.
-        The batch is drained only after the turn is taken, so appends that arrive while
-        another process commits join this batch: fewer, bigger durable commits."""
+    def __init__(self, commit: CommitFn, *, max_batch: int = 256) -> None:
+        """The batch is taken only when the backend is ready to write (``commit`` calls
+        ``take``). For SQLite that is on the writer thread once the cross-process write
+        lock is held: appends that arrive while another process commits join this batch
+        (fewer, bigger durable commits), and a batch costs one thread hop, not two."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._commit = commit
-        self._take_turn = take_turn
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[list[PendingAppend]] | None = None
-        #: A group taken from the queue that did not fit the last batch: it starts the next.
-        self._carry: list[PendingAppend] | None = None
+        #: Queued groups. The event loop appends; ``_take`` pops, possibly on the backend's
+        #: writer thread (deque append and popleft are atomic; one ``_take`` at a time).
+        self._pending: collections.deque[list[PendingAppend]] = collections.deque()
+        #: The rows of the batch being committed, and the lock that keeps ``stop`` from
+        #: failing rows while ``_take`` moves them from the queue to this list.
+        self._current: list[PendingAppend] = []
+        self._take_lock = threading.Lock()
+        self._abandoned = False
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     def start(self) -> None:
         if self._task is not None:
             return
-        self._closed = False
-        self._queue = asyncio.Queue()
+        self._closed = self._abandoned = False
+        self._wake, self._idle = asyncio.Event(), asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="proof-messenger-group-commit"
         )
@@ -103,24 +108,22 @@ class GroupCommitter:
         the real outcome, not "closed" for a row that then commits anyway.
         """
         self._closed = True
-        task, queue = self._task, self._queue
-        if task is not None and queue is not None and not task.done():
+        task, idle = self._task, self._idle
+        if task is not None and idle is not None and not task.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.join(), timeout=drain_timeout)
+                await asyncio.wait_for(idle.wait(), timeout=drain_timeout)
         self._task = None
+        with self._take_lock:  # a commit still running on a thread takes nothing more
+            self._abandoned = True
+            current, self._current = self._current, []
+            left = [item for group in self._pending for item in group]
+            self._pending.clear()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        queue = self._queue
-        carried, self._carry = self._carry, None
-        for item in carried or ():
-            if not item.future.done():
-                item.future.set_exception(StoreUnavailable("store closed"))
-        while queue is not None and not queue.empty():
-            for item in queue.get_nowait():
-                if not item.future.done():
-                    item.future.set_exception(StoreUnavailable("store closed"))
+        self._fail(current, StoreUnavailable("store closed during commit"))
+        self._fail(left, StoreUnavailable("store closed"))
 
     async def submit(
         self,
@@ -130,11 +133,10 @@ class GroupCommitter:
         approval: ApprovalTransition | None = None,
         policy_approval: PolicyApproval | None = None,
     ) -> AppendResult:
-        if self._closed or self._queue is None or self._task is None:
-            raise StoreUnavailable("store is not open")
+        self._check_open()
         check_draft(draft)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(
+        self._queue(
             [PendingAppend(draft, claim_digest, tuple(outbox), future, approval, policy_approval)]
         )
         return await future
@@ -147,8 +149,7 @@ class GroupCommitter:
         (a lost replay claim writes nothing for that row only). Returns after the commit;
         a cancelled caller cancels every row not yet committed, as ``submit`` does.
         """
-        if self._closed or self._queue is None or self._task is None:
-            raise StoreUnavailable("store is not open")
+        self._check_open()
         if not entries:
             return []
         create = asyncio.get_running_loop().create_future
@@ -156,7 +157,7 @@ class GroupCommitter:
         for draft, claim_digest, outbox in entries:
             check_draft(draft)
             group.append(PendingAppend(draft, claim_digest, tuple(outbox), create()))
-        self._queue.put_nowait(group)
+        self._queue(group)
         try:
             # All futures of a group are resolved by the same commit: after the first
             # await the others are done, and awaiting a done future does not suspend.
@@ -170,65 +171,85 @@ class GroupCommitter:
                     future.exception()  # retrieved: no "never retrieved" warnings
             raise
 
-    async def _run(self) -> None:
-        assert self._queue is not None
-        queue = self._queue
-        while True:
-            carried, self._carry = self._carry, None
-            groups = [carried if carried is not None else await queue.get()]
-            give_back = None
-            try:
-                if self._take_turn is not None:
-                    try:
-                        give_back = await self._take_turn()
-                    except StoreError as exc:
-                        for group in groups:
-                            self._fail(group, exc)
-                        continue
-                size = len(groups[0])
-                # Whole groups only: one that does not fit starts the next batch.
-                while size < self._max_batch and not queue.empty():
-                    nxt = queue.get_nowait()
-                    if size + len(nxt) > self._max_batch:
-                        self._carry = nxt
-                        break
-                    groups.append(nxt)
-                    size += len(nxt)
-                # A caller that gave up before its turn gets nothing written.
-                batch = [item for group in groups for item in group if not item.future.done()]
-                if batch:
-                    give_back = None  # the commit ends the turn, whatever happens
-                    await self._commit_batch(batch)
-            finally:
-                if give_back is not None:
-                    await give_back()
-                for _ in groups:
-                    queue.task_done()
+    def _check_open(self) -> None:
+        if self._closed or self._task is None:
+            raise StoreUnavailable("store is not open")
 
-    async def _commit_batch(self, batch: list[PendingAppend]) -> None:
+    def _queue(self, group: list[PendingAppend]) -> None:
+        assert self._wake is not None and self._idle is not None
+        self._pending.append(group)
+        self._idle.clear()
+        self._wake.set()
+
+    def _take(self) -> list[PendingAppend]:
+        """The next batch: whole groups, the first one even if it exceeds ``max_batch``,
+        more while they fit; rows whose caller gave up are left out."""
+        with self._take_lock:
+            pending, batch, size = self._pending, self._current, 0
+            while pending and not self._abandoned:
+                group = pending[0]
+                if size and size + len(group) > self._max_batch:
+                    break  # whole groups only: this one starts the next batch
+                pending.popleft()
+                size += len(group)
+                batch.extend(item for item in group if not item.future.done())
+                if size >= self._max_batch:
+                    break
+            return list(batch)
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._idle is not None
+        wake, idle, pending = self._wake, self._idle, self._pending
+        while True:
+            if not pending:
+                idle.set()
+                wake.clear()
+                await wake.wait()
+                continue
+            await self._commit_next()
+
+    async def _commit_next(self) -> None:
+        self._current = []
         try:
-            results = await self._commit(batch)
+            results = await self._commit(self._take)
         except asyncio.CancelledError:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(StoreUnavailable("store closed during commit"))
-            raise
-        except StoreUnavailable as exc:
-            self._fail(batch, exc)
-            return
+            raise  # stop() fails the rows of this batch
         except Exception as exc:  # never let the writer task die
-            # Not an availability problem (e.g. a duplicate event_id): the whole batch
-            # rolled back; retry its items one by one so one bad draft cannot fail
-            # everyone else's append.
-            if len(batch) > 1:
-                for item in batch:
-                    await self._commit_batch([item])
-                return
-            error = (
-                exc if isinstance(exc, StoreError) else StoreError(f"audit append failed: {exc!r}")
-            )
-            self._fail(batch, error)
+            # Failed before taking (e.g. the write lock): the batch it would have taken fails.
+            batch = self._current or self._take()
+            self._current = []
+            if isinstance(exc, StoreUnavailable) or len(batch) <= 1:
+                self._fail(batch, _store_error(exc))
+            else:
+                await self._retry_one_by_one(batch)
             return
+        batch, self._current = self._current, []
+        self._resolve(batch, results)
+
+    async def _retry_one_by_one(self, batch: list[PendingAppend]) -> None:
+        """Not an availability problem (e.g. a duplicate event_id): the whole batch rolled
+        back; each row alone, so one bad draft cannot fail everyone else's append."""
+        for item in batch:
+            if item.future.done():
+                continue
+            self._current = [item]  # what stop() fails if it cancels this commit
+
+            def take(item: PendingAppend = item) -> list[PendingAppend]:
+                return [] if self._abandoned else [item]
+
+            try:
+                results = await self._commit(take)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._fail([item], _store_error(exc))
+            else:
+                if results:  # [] only when stop() abandoned it (and failed it)
+                    self._resolve([item], results)
+            self._current = []
+
+    @staticmethod
+    def _resolve(batch: list[PendingAppend], results: list[AppendResult]) -> None:
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
@@ -238,3 +259,7 @@ class GroupCommitter:
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(exc)
+
+
+def _store_error(exc: Exception) -> StoreError:
+    return exc if isinstance(exc, StoreError) else StoreError(f"audit append failed: {exc!r}")

@@ -587,7 +587,11 @@ class PostgresStore:
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         return await self._committer.submit_many(entries)
 
-    async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
+    async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        batch = take()
+        return await self._commit_rows(batch) if batch else []
+
+    async def _commit_rows(self, batch: list[PendingAppend]) -> list[AppendResult]:
         """One transaction in four round trips: BEGIN; lock the head + claim the digests +
         read the event types live webhook subscriptions want (_LOCK_AND_CLAIM); every row of the
         batch + the new head (_WRITE_BATCH); COMMIT. Approval transitions and N-of-M

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -216,11 +216,7 @@ class SQLiteStore:
         self._key_cache: RecordCache[str, KeyRecord] | None = None
         self._api_key_cache: RecordCache[str, ApiKeyRecord] | None = None
         self._nonce_filter: NonceFilter | None = None
-        self._committer = GroupCommitter(
-            self._commit_batch,
-            max_batch=max_batch,
-            take_turn=None if self._memory or fcntl is None else self._take_turn,
-        )
+        self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -659,32 +655,23 @@ class SQLiteStore:
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         return await self._committer.submit_many(entries)
 
-    async def _commit_batch(self, batch: list[PendingAppend]) -> list[AppendResult]:
-        return await self._run(self._writer, functools.partial(self._commit_turn, batch))
+    async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        return await self._run(self._writer, functools.partial(self._commit_turn, take))
 
-    def _commit_turn(self, batch: list[PendingAppend]) -> list[AppendResult]:
-        """The batch's transaction (writer thread), then the end of the write turn."""
+    def _commit_turn(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        """On the writer thread: wait for the cross-process write lock, THEN take the batch
+        (appends that arrived while the other worker committed join it: fewer, bigger
+        fsyncs), commit it, and end the write turn. One thread hop per batch."""
+        if not self._memory and fcntl is not None and not self._turn_held:
+            self._lock_exclusive()
+            self._turn_held = True
         try:
+            batch = take()
+            if not batch:
+                return []
             return self._write_txn(functools.partial(_commit_batch_sync, batch=batch))
         finally:
             self._end_turn()
-
-    async def _take_turn(self) -> Callable[[], Awaitable[None]]:
-        """Wait (on the writer thread) for the cross-process write lock, before the group
-        committer drains its queue: appends that arrive while the other worker commits
-        join this batch, so two workers make fewer, bigger fsyncs."""
-
-        def take() -> None:
-            if not self._turn_held:
-                self._lock_exclusive()
-                self._turn_held = True
-
-        await self._run(self._writer, take)
-
-        async def give_back() -> None:
-            await self._run(self._writer, self._end_turn)
-
-        return give_back
 
     def _end_turn(self) -> None:
         if self._turn_held:

@@ -1,0 +1,45 @@
+"""SQLite: the group commit takes its batch only once it holds the cross-process write lock."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from pathlib import Path
+
+from proof_messenger.store.sqlite import SQLiteStore
+
+from .conftest import make_draft
+
+
+async def test_appends_queued_while_another_process_writes_join_one_commit(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "relay.db")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.migrate()
+        statements: list[str] = []
+        await store._on_writer(lambda con: con.set_trace_callback(statements.append))
+        # Another process holds the write lock (flock on <db>-writelock, a separate open
+        # file description, as a second relay worker would).
+        other = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(other, fcntl.LOCK_EX)
+        try:
+            first = asyncio.ensure_future(store.append(make_draft(0), claim_digest=b"d" * 32))
+            await asyncio.sleep(0.05)  # the writer thread now waits for the lock
+            rest = [
+                asyncio.ensure_future(store.append(make_draft(i), claim_digest=bytes([i]) * 32))
+                for i in range(1, 10)
+            ]
+            await asyncio.sleep(0.05)
+            assert not first.done()  # nothing is written while the other process writes
+        finally:
+            fcntl.flock(other, fcntl.LOCK_UN)
+            os.close(other)
+        results = await asyncio.gather(first, *rest)
+        assert [r.record.seq for r in results if r.record] == list(range(1, 11))
+        assert statements.count("COMMIT") == 1
+    finally:
+        await store.close()
