@@ -463,3 +463,32 @@ async def test_a_cbor_batch_with_a_repeated_key_is_refused(batch: Batch) -> None
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "malformed_request"
 
+
+@pytest.mark.parametrize("batch", [{}, ALLOW_ALL], ids=["", "policy"], indirect=True)
+async def test_assertions_of_one_passkey_in_one_batch_run_in_batch_order(batch: Batch) -> None:
+    """Several assertions of one passkey, counters increasing in batch order: each is
+    accepted, as when sent one by one. (Run concurrently, all but one failed the sign-count
+    compare-and-set and were refused as a cloned authenticator.) A lower counter after a
+    higher one in the same batch is still refused."""
+    device = await batch.register("alice")
+    passkey = generate_private_key()
+    kid = await batch.register_passkey("alice", passkey)
+
+    def assertion(n: int, sign_count: int) -> dict[str, Any]:
+        intent = Intent.create(wire(n), aud=AUD, sub="alice")
+        return webauthn_proof(passkey, kid, intent, sign_count=sign_count).to_json_dict()
+
+    first = assertion(1, 1)
+    entries = [
+        first,
+        create_proof(device, wire(2), aud=AUD, sub="alice").to_json_dict(),
+        assertion(3, 2),
+        first,  # a copy: replayed, not a clone
+        assertion(4, 7),
+        assertion(5, 6),  # lower than the one before it in the batch
+        assertion(6, 8),
+    ]
+    results = (await batch.post(entries))["results"]
+    codes = [r.get("code") for r in results]
+    assert codes == [None, None, None, "replayed", None, "webauthn_sign_count", None]
+    assert await batch.sign_count(kid) == 8
