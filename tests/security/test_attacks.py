@@ -2,38 +2,32 @@
 
 WebAuthn credentials are enrolled through the relay's own registration ceremony with a
 "none" attestation built in Python; the assertions are real P-256 signatures built in
-Python like tests/protocol/test_webauthn.py does (no browser needed).
+Python (tests/passkeys/authenticator.py, no browser needed).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import hashlib
 import inspect
 import json
-import os
 import time
 import unicodedata
 from typing import Any
 
-import cbor2
 import httpx
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from proof_messenger.protocol import (
     ALG_WEBAUTHN_ES256,
     ContextLimits,
     Intent,
-    Proof,
-    b64u_encode,
     sign_intent,
 )
 from proof_messenger.protocol.keys import P256_ORDER, PrivateKey
 from proof_messenger.protocol.webauthn import FLAG_UP, FLAG_UV
 from proof_messenger.relay import apikeys, state
+from tests.passkeys.authenticator import registration_credential, webauthn_proof
 
 from .relay import AUDIENCE, Relay, new_key, post_proof, register, sign
 
@@ -140,31 +134,6 @@ def test_revoked_keys_old_proofs_are_refused(client: httpx.Client) -> None:
 
 
 # --- WebAuthn at the relay ----------------------------------------------------------------------
-def webauthn_proof(
-    key: PrivateKey,
-    kid: str,
-    intent: Intent,
-    *,
-    origin: str = ORIGIN,
-    rp_id: str = AUDIENCE,
-    flags: int = FLAG_UP | FLAG_UV,
-    sign_count: int = 1,
-) -> Proof:
-    auth = hashlib.sha256(rp_id.encode()).digest() + bytes([flags]) + sign_count.to_bytes(4)
-    cdj = json.dumps(
-        {"type": "webauthn.get", "challenge": b64u_encode(intent.digest()), "origin": origin}
-    ).encode()
-    sig = key.sign(auth + hashlib.sha256(cdj).digest(), ec.ECDSA(hashes.SHA256()))
-    return Proof(
-        alg=ALG_WEBAUTHN_ES256,
-        kid=kid,
-        intent=intent.to_bytes(),
-        sig=sig,
-        authenticator_data=auth,
-        client_data_json=cdj,
-    )
-
-
 def register_passkey(relay: Relay, key: PrivateKey, sub: str = "alice") -> str:
     """Enrol ``key`` as a passkey through the relay's own ceremony (POST
     /webauthn/register/options, then /verify) with a "none" attestation built here."""
@@ -172,39 +141,13 @@ def register_passkey(relay: Relay, key: PrivateKey, sub: str = "alice") -> str:
         started = c.post("/webauthn/register/options", json={"sub": sub})
         assert started.status_code == 201, started.text
         challenge = started.json()["options"]["challenge"]
-        credential_id = os.urandom(16)
-        numbers = key.public_key().public_numbers()
-        cose_key = cbor2.dumps(
-            {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32), -3: numbers.y.to_bytes(32)}
-        )
-        auth_data = (
-            hashlib.sha256(AUDIENCE.encode()).digest()
-            + bytes([FLAG_UP | FLAG_UV | 0x40])  # AT: attested credential data follows
-            + (0).to_bytes(4)
-            + bytes(16)  # AAGUID
-            + len(credential_id).to_bytes(2)
-            + credential_id
-            + cose_key
-        )
-        client_data = {"type": "webauthn.create", "challenge": challenge, "origin": ORIGIN}
-        credential = {
-            "id": b64u_encode(credential_id),
-            "rawId": b64u_encode(credential_id),
-            "type": "public-key",
-            "response": {
-                "clientDataJSON": b64u_encode(json.dumps(client_data).encode()),
-                "attestationObject": b64u_encode(
-                    cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
-                ),
-            },
-        }
+        kid, credential = registration_credential(key, challenge, rp_id=AUDIENCE, origin=ORIGIN)
         done = c.post(
             "/webauthn/register/verify",
             json={"token": started.json()["token"], "credential": credential},
         )
         assert done.status_code == 201, done.text
-        kid: str = done.json()["kid"]
-        assert kid == b64u_encode(credential_id)
+        assert done.json()["kid"] == kid
         return kid
 
 

@@ -354,14 +354,19 @@ class VerificationService:
         # --- the single-proof path for the entries that need it, in the background -------
         tasks: dict[int, asyncio.Task[Outcome]] = {}
         if single:
-            previous: dict[bytes, asyncio.Task[Outcome]] = {}
+            # In batch order: the copies of one intent (the first wins), and the assertions
+            # of one passkey (each sign-count compare-and-set follows the one before, as
+            # for proofs sent one by one; concurrent ones would fail as false clones).
+            previous: dict[bytes | str, asyncio.Task[Outcome]] = {}
             for i, c in enumerate(parsed):
                 if c is None or errors[i] is not None or c.digest not in single:
                     continue
-                task = asyncio.ensure_future(
-                    self._after(previous.get(c.digest), c.proof, cbor, client, identity)
-                )
-                tasks[i] = previous[c.digest] = task
+                chain = (c.digest,) if c.proof.alg == ALG_ES256 else (c.digest, c.proof.kid)
+                before = [previous[k] for k in chain if k in previous]
+                task = asyncio.ensure_future(self._after(before, c.proof, cbor, client, identity))
+                tasks[i] = task
+                for k in chain:
+                    previous[k] = task
         # --- the audit rows of all other entries: ONE submission -------------------------
         at = iso(now)
         ids = new_event_ids(n - len(tasks))
@@ -468,15 +473,16 @@ class VerificationService:
 
     async def _after(
         self,
-        before: asyncio.Task[Outcome] | None,
+        before: list[asyncio.Task[Outcome]],
         proof: Proof,
         cbor: bool,
         client: ClientInfo,
         identity: Identity | None,
     ) -> Outcome:
-        """:meth:`verify` once the previous copy of the same intent has finished."""
-        if before is not None:
-            await asyncio.wait([before])
+        """:meth:`verify` once the entries it follows (same intent, same passkey) have
+        finished."""
+        if before:
+            await asyncio.wait(before)
         return await self.verify(proof, cbor=cbor, client=client, identity=identity)
 
     async def _verify_each(
@@ -487,12 +493,13 @@ class VerificationService:
         client: ClientInfo,
         identity: Identity | None,
     ) -> list[Outcome]:
-        """Every entry through :meth:`verify`, concurrently except copies of one intent,
-        which run in batch order (used when a policy hook applies to every proof)."""
+        """Every entry through :meth:`verify`, concurrently except copies of one intent and
+        assertions of one passkey, which run in batch order (used when a policy hook
+        applies to every proof)."""
 
-        async def one(item: Any, before: asyncio.Task[Outcome] | None) -> Outcome:
-            if before is not None:
-                await asyncio.wait([before])
+        async def one(item: Any, before: list[asyncio.Task[Outcome]]) -> Outcome:
+            if before:
+                await asyncio.wait(before)
             if not isinstance(item, dict):
                 exc = MalformedProof("each batch entry must be a proof envelope object")
                 return await self.reject_unparsed(exc, client)
@@ -501,11 +508,16 @@ class VerificationService:
         previous: dict[Any, asyncio.Task[Outcome]] = {}
         tasks: list[asyncio.Task[Outcome]] = []
         for item in items:
-            intent = item.get("intent") if isinstance(item, dict) else None
-            key = intent if isinstance(intent, str | bytes) else None
-            task = asyncio.ensure_future(one(item, previous.get(key) if key else None))
-            if key:
-                previous[key] = task
+            chain: list[Any] = []
+            if isinstance(item, dict):
+                intent, kid = item.get("intent"), item.get("kid")
+                if isinstance(intent, str | bytes):
+                    chain.append(intent)
+                if item.get("alg") != ALG_ES256 and isinstance(kid, str):
+                    chain.append(("kid", kid))
+            task = asyncio.ensure_future(one(item, [previous[k] for k in chain if k in previous]))
+            for k in chain:
+                previous[k] = task
             tasks.append(task)
         return list(await asyncio.gather(*tasks))
 
