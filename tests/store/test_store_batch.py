@@ -76,3 +76,27 @@ async def test_get_approvals_by_nonces(target: Target) -> None:
     assert found[made[1].nonce] == await store.get_approval_by_nonce(made[1].nonce)
     assert dataclasses.asdict(found[made[1].nonce])["id"] == made[1].id
     assert await store.get_approvals_by_nonces([]) == {}
+
+
+async def test_append_many_beyond_one_insert_statement(target: Target) -> None:
+    """300 rows (more than one multi-row INSERT on SQLite), a digest repeated across the
+    statement boundary: one replay, every other row in order, chain and Merkle log intact."""
+    from proof_messenger.audit.merkle import root_from_leaf_hashes
+    from proof_messenger.store._merkle import record_leaf_hash
+
+    store = await target.store()
+    digests = [os.urandom(32) for _ in range(300)]
+    digests[299] = digests[10]
+    drafts = [make_draft(i) for i in range(300)]
+    results = await store.append_many(list(zip(drafts, digests, [()] * 300, strict=True)))
+    assert [i for i, r in enumerate(results) if r.replayed] == [299]
+    written = [r.record for r in results if r.record is not None]
+    assert [r.seq for r in written] == list(range(1, 300))
+    assert [r.draft.event_id for r in written] == [d.event_id for d in drafts[:299]]
+    report = await verify_chain_async(store.iter_audit(), await store.chain_head())
+    assert report.ok and report.count == 299
+    records = [record async for record in store.iter_audit()]
+    tree = await store.merkle_tree()
+    assert tree.size == 299
+    assert tree.root() == root_from_leaf_hashes([record_leaf_hash(r) for r in records])
+    assert (await store.append(make_draft(300), claim_digest=digests[150])).replayed

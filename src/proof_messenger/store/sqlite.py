@@ -1167,22 +1167,28 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
     leaves: list[bytes] = []
     results: list[AppendResult] = []
     wanted: frozenset[str] | None = None  # event types some live subscription wants
-    # Rows are collected and written with one executemany per table after the loop (the
-    # outbox and policy rows after the audit rows they refer to).
+    # Rows are collected and written with one multi-row INSERT per table after the loop
+    # (the outbox and policy rows after the audit rows they refer to).
     audit_rows: list[tuple[Any, ...]] = []
     outbox_rows: list[tuple[Any, ...]] = []
     policy_rows: list[tuple[Any, ...]] = []
+    # Replay claims: all at once, unless an approval transition is in the batch (a failed
+    # compare-and-set gives its claim back, so claims must then run row by row, in order).
+    won = None if any(item.approval is not None for item in batch) else _claim_all(con, batch)
     for item in batch:
         draft = item.draft
         if item.claim_digest is not None:
-            cur = con.execute(
-                "INSERT INTO replay (digest, accepted_at, event_id) VALUES (?, ?, ?) "
-                "ON CONFLICT (digest) DO NOTHING",
-                (item.claim_digest, time_to_micros(draft.time), draft.event_id),
-            )
-            if cur.rowcount != 1:
-                results.append(AppendResult(record=None, replayed=True))
-                continue
+            if won is not None:
+                if draft.event_id not in won:
+                    results.append(AppendResult(record=None, replayed=True))
+                    continue
+            else:
+                cur = con.execute(
+                    _CLAIM_ONE, (item.claim_digest, time_to_micros(draft.time), draft.event_id)
+                )
+                if cur.rowcount != 1:
+                    results.append(AppendResult(record=None, replayed=True))
+                    continue
         if item.approval is not None:  # approval CAS, atomic with this row
             cur = con.execute(
                 transition_sql(item.approval, "sqlite"),
@@ -1213,20 +1219,82 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
             policy_rows.append(_policy_approval_values(item.policy_approval))
         seq, prev_hash = record.seq, record.entry_hash
         results.append(AppendResult(record=record))
-    if audit_rows:
-        con.executemany(_INSERT_AUDIT, audit_rows)
-    if outbox_rows:
-        con.executemany(_INSERT_OUTBOX, outbox_rows)
-    if policy_rows:
-        con.executemany(_INSERT_POLICY_APPROVAL, policy_rows)
+    _insert_many(con, _INSERT_AUDIT, audit_rows)
+    _insert_many(con, _INSERT_OUTBOX, outbox_rows)
+    _insert_many(con, _INSERT_POLICY_APPROVAL, policy_rows)
     tree, nodes = _merkle.extend_tree(tree, leaves)
-    if nodes:
-        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+    _insert_many(con, _INSERT_MERKLE_NODE, nodes)
     con.execute(
         "UPDATE chain_head SET seq = ?, entry_hash = ?, merkle_frontier = ? WHERE id = 1",
         (seq, prev_hash, tree.to_bytes()),
     )
     return results
+
+
+_CLAIM_ONE = (
+    "INSERT INTO replay (digest, accepted_at, event_id) VALUES (?, ?, ?) "
+    "ON CONFLICT (digest) DO NOTHING"
+)
+_CLAIMED_BY = "SELECT event_id FROM replay WHERE digest IN ("
+_INSERT_MERKLE_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
+
+
+def _claim_all(con: sqlite3.Connection, batch: list[PendingAppend]) -> set[str]:
+    """Claim every digest of the batch; return the event ids whose claim won.
+
+    Within the batch the first claimant of a digest wins (rows insert in order). Usually
+    every claim wins, which the row count shows; only otherwise are the winners read back.
+    """
+    claims = [
+        (item.claim_digest, time_to_micros(item.draft.time), item.draft.event_id)
+        for item in batch
+        if item.claim_digest is not None
+    ]
+    if _insert_many(con, _CLAIM_ONE, claims) == len(claims):
+        return {event_id for _, _, event_id in claims}
+    won: set[str] = set()
+    step = _chunk_size(con, 1)
+    for start in range(0, len(claims), step):
+        digests = [digest for digest, _, _ in claims[start : start + step]]
+        sql = _CLAIMED_BY + ",".join("?" * len(digests)) + ")"
+        won.update(event_id for (event_id,) in con.execute(sql, digests))
+    return won
+
+
+def _insert_many(con: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Rows through one multi-row ``INSERT ... VALUES (...), (...)`` statement per chunk;
+    returns the number of rows inserted.
+
+    ``executemany`` steps the statement once per row, and each step releases and retakes
+    the GIL: under load the writer thread then queues behind the event loop for every
+    row. Chunks are powers of two, so a connection prepares few distinct statements.
+    """
+    if not rows:
+        return 0
+    width = len(rows[0])
+    head, _, tail = sql.partition(" VALUES ")
+    values, conflict = tail.split(")", 1)
+    limit = _chunk_size(con, width)
+    inserted, start = 0, 0
+    while start < len(rows):
+        n = min(limit, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + n]
+        statement = _multi_row_sql(head, values + ")", conflict, n)
+        cur = con.execute(statement, [value for row in chunk for value in row])
+        inserted += cur.rowcount
+        start += n
+    return inserted
+
+
+def _chunk_size(con: sqlite3.Connection, width: int) -> int:
+    """The largest power of two of rows whose parameters fit SQLite's variable limit."""
+    rows = max(1, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    return min(256, 1 << (rows.bit_length() - 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_sql(head: str, values: str, conflict: str, n: int) -> str:
+    return f"{head} VALUES {', '.join([values] * n)}{conflict}"
 
 
 def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
