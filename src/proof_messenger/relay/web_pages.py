@@ -49,8 +49,8 @@ _STATUS_TEXT = {
 
 
 #: The package's templates and static files, read from its directory (StaticFiles needs a
-#: real directory anyway); not through importlib.resources, which would import zipfile,
-#: bz2 and lzma into every worker.
+#: real directory anyway); not through importlib.resources, which would import zipfile
+#: and eight importlib modules into every worker.
 _WEB_DIR = Path(web.__file__).parent
 
 
