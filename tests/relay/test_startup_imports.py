@@ -26,6 +26,10 @@ LAZY = [
     "websockets",
     "proof_messenger.relay.oidc",
     "proof_messenger.relay.policy_runtime",
+    # package data (migrations, templates, static files) is read from the package
+    # directory: importlib.resources would bring zipfile, bz2 and lzma
+    "importlib.resources",
+    "zipfile",
 ]
 LAZY_POLICY = "proof_messenger.relay.policy_runtime"
 
@@ -110,7 +114,8 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 heavy = sorted(m for m in ("starlette", "prometheus_client", "rich", "webauthn", "httpx", "jwt",
-    "proof_messenger.relay.app", "proof_messenger.relay.log_routes") if m in sys.modules)
+    "proof_messenger.relay.app", "proof_messenger.relay.log_routes", "proof_messenger.protocol",
+    "proof_messenger.webhooks.config", "importlib.resources", "zipfile") if m in sys.modules)
 print(json.dumps({"heavy": heavy, "run": {k: v for k, v in calls[0].items() if k in ("ws",
     "workers", "factory")}}))
 """

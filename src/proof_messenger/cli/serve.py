@@ -87,15 +87,17 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 def _validate_features(settings: Settings) -> None:
     """A bad policy, oidc or webhooks section stops `serve` with exit 2, before any file,
     key or database is created and before workers fork."""
-    from ..webhooks.config import parse_webhook_settings
-
     try:
         if settings.extra.get("oidc") is not None or settings.extra.get("policy") is not None:
             # Only then: policy_routes imports the web stack (and the sections' parsers).
             from ..relay import policy_routes
 
             policy_routes.prepare(settings)
-        parse_webhook_settings(settings.extra.get("webhooks"))
+        if settings.extra.get("webhooks") is not None:
+            # Without the section there is nothing to check (defaults, no subscriptions).
+            from ..webhooks.config import parse_webhook_settings
+
+            parse_webhook_settings(settings.extra.get("webhooks"))
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}")
 

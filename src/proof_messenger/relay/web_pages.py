@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import functools
 import html
-import importlib.resources
 import string
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import web
 from ..protocol import b64u_encode
 from ..web.render import describe
 from .approvals import approval_view, authorize, load_intent
@@ -47,9 +48,15 @@ _STATUS_TEXT = {
 }
 
 
+#: The package's templates and static files, read from its directory (StaticFiles needs a
+#: real directory anyway); not through importlib.resources, which would import zipfile
+#: and eight importlib modules into every worker.
+_WEB_DIR = Path(web.__file__).parent
+
+
 @functools.cache
 def _template(name: str) -> string.Template:
-    files = importlib.resources.files("proof_messenger.web") / "templates" / name
+    files = _WEB_DIR / "templates" / name
     return string.Template(files.read_text(encoding="utf-8"))
 
 
@@ -151,7 +158,7 @@ async def register_page(request: Request) -> Response:
 
 
 def install(state: RelayState) -> list[BaseRoute]:
-    static_dir = importlib.resources.files("proof_messenger.web") / "static"
+    static_dir = _WEB_DIR / "static"
     static = StaticFiles(directory=str(static_dir))
     routes: list[Any] = [
         Route("/approve/{id}", approve_page, methods=["GET"]),
