@@ -180,3 +180,48 @@ async def test_sigterm_drains_both_workers(tmp_path: Path) -> None:
         assert out.count('"relay.stopped"') == 2
     finally:
         relay.stop(signal.SIGKILL)
+
+
+async def test_sighup_with_an_invalid_policy_keeps_the_workers(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: everything\n    default: true\n")
+    relay = RelayProcess(
+        tmp_path / "relay",
+        config={"workers": 2, "policy": {"file": str(policy), "reload_interval_seconds": 0}},
+    )
+    relay.start()
+    try:
+        assert relay.proc is not None
+        headers = {"authorization": f"Bearer {relay.api_key}"}
+
+        async def versions() -> set[str]:
+            limits = httpx.Limits(max_keepalive_connections=0)
+            async with httpx.AsyncClient(base_url=relay.base_url, limits=limits) as c:
+                got = await asyncio.gather(*(c.get("/policy", headers=headers) for _ in range(10)))
+            return {r.json()["version"] for r in got}
+
+        first = booted_pids(relay)
+        (v0,) = await versions()
+        # A broken policy: the master refuses the reload, the workers keep serving.
+        policy.write_text("rules: [[[ broken\n")
+        relay.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload refused" not in relay.stdout_path().read_text():
+            assert time.monotonic() < deadline, relay.output()[-3000:]
+            await asyncio.sleep(0.05)
+        assert relay.running
+        assert await versions() == {v0}
+        assert booted_pids(relay) == first
+        # Fixed: SIGHUP replaces the workers, which load the new policy.
+        policy.write_text("rules:\n  - name: everything-else\n    default: true\n")
+        relay.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while len(booted_pids(relay)) < 4 or any(map(alive, first)):
+            assert time.monotonic() < deadline, relay.output()[-3000:]
+            await asyncio.sleep(0.05)
+        (v1,) = await versions()
+        assert v1 != v0
+        code = await asyncio.to_thread(relay.stop)
+        assert code == 0, relay.output()[-3000:]
+    finally:
+        relay.stop(signal.SIGKILL)

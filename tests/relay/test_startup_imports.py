@@ -127,7 +127,7 @@ PARENT = (
     f"HEAVY = {HEAVY!r}"
     + """
 import asyncio, json, os, sys, threading
-from gunicorn.app.base import BaseApplication
+from proof_messenger.cli._gunicorn import RelayApplication
 
 def resources():
     fds = {}
@@ -160,10 +160,11 @@ def probe(self):
         "control_socket_disable": cfg.control_socket_disable,
         "forwarded_allow_ips": cfg.forwarded_allow_ips,
         "child_exit": cfg.child_exit.__name__,
+        "logger_class": cfg.logger_class.__name__,
         "worker": {k: worker.CONFIG_KWARGS[k] for k in ("ws", "factory", "access_log",
             "proxy_headers", "server_header", "date_header", "timeout_graceful_shutdown")},
     }})
-BaseApplication.run = probe
+RelayApplication.run = probe
 import uvicorn
 uvicorn.run = lambda *a, **k: calls.append({"uvicorn": True})
 sys.argv = ["proof-messenger", "serve"]
@@ -205,6 +206,7 @@ def test_serve_parent_prepares_without_the_web_stack(tmp_path: Path) -> None:
         "control_socket_disable": True,
         "forwarded_allow_ips": ["127.0.0.1"],
         "child_exit": "_child_exit",
+        "logger_class": "JsonLogger",
         "worker": {
             "ws": "none",
             "factory": True,

@@ -19,10 +19,12 @@ import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 from uvicorn_worker import UvicornWorker
 
-from ..relay.config import Settings
+from ..configuration import ConfigError
+from ..relay.config import Settings, load_settings
 
 __all__ = ["RelayWorker", "serve"]
 
@@ -95,6 +97,29 @@ def _child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
+class RelayArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, checking the configuration before SIGHUP replaces the workers.
+
+    On SIGHUP gunicorn starts new workers and stops the old ones at once; a new worker
+    that cannot start (say, the policy file was broken since) makes the master stop the
+    whole relay with status 3. So the master first re-reads the configuration as a new
+    worker would (settings, then the policy, oidc and webhooks sections): if it is
+    invalid, the reload is refused with an error line and the running workers stay.
+    """
+
+    def handle_hup(self) -> None:
+        from .serve import check_features
+
+        try:
+            check_features(load_settings(os.environ.get("PROOF_MESSENGER_CONFIG") or None))
+        except ConfigError as exc:
+            self.log.error(
+                "reload refused, the workers keep running: invalid configuration: %s", exc
+            )
+            return
+        super().handle_hup()
+
+
 class RelayApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn's documented "custom application": options in code, no argv or config file."""
 
@@ -122,6 +147,14 @@ class RelayApplication(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+
+    def run(self) -> None:
+        # BaseApplication.run with our arbiter (and its error as a log line, not plain text).
+        try:
+            RelayArbiter(self).run()
+        except RuntimeError as exc:
+            logging.getLogger("gunicorn.error").error("gunicorn failed: %s", exc)
+            raise SystemExit(1) from exc
 
     def load(self) -> Any:
         # Runs once in the master (preload_app): the import only, nothing fork-unsafe.

@@ -98,18 +98,24 @@ def _validate_features(settings: Settings) -> None:
     """A bad policy, oidc or webhooks section stops `serve` with exit 2, before any file,
     key or database is created and before workers fork."""
     try:
-        if settings.extra.get("oidc") is not None or settings.extra.get("policy") is not None:
-            # Only then: policy_routes imports the web stack (and the sections' parsers).
-            from ..relay import policy_routes
-
-            policy_routes.prepare(settings)
-        if settings.extra.get("webhooks") is not None:
-            # Without the section there is nothing to check (defaults, no subscriptions).
-            from ..webhooks.config import parse_webhook_settings
-
-            parse_webhook_settings(settings.extra.get("webhooks"))
+        check_features(settings)
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}")
+
+
+def check_features(settings: Settings) -> None:
+    """Raise ConfigError for a bad policy, oidc or webhooks section (also run by the
+    gunicorn master before it replaces the workers on SIGHUP)."""
+    if settings.extra.get("oidc") is not None or settings.extra.get("policy") is not None:
+        # Only then: policy_routes imports the web stack (and the sections' parsers).
+        from ..relay import policy_routes
+
+        policy_routes.prepare(settings)
+    if settings.extra.get("webhooks") is not None:
+        # Without the section there is nothing to check (defaults, no subscriptions).
+        from ..webhooks.config import parse_webhook_settings
+
+        parse_webhook_settings(settings.extra.get("webhooks"))
 
 
 def _prepare(settings: Settings) -> None:
