@@ -117,6 +117,12 @@ class RelayArbiter(Arbiter):  # type: ignore[misc]
                 "reload refused, the workers keep running: invalid configuration: %s", exc
             )
             return
+        except Exception as exc:  # e.g. the file unreadable: same answer, never a crash
+            self.log.error(
+                "reload refused, the workers keep running: cannot read the configuration: %r",
+                exc,
+            )
+            return
         super().handle_hup()
 
 
@@ -138,8 +144,8 @@ class RelayApplication(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "forwarded_allow_ips": os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
             "child_exit": _child_exit,
-            # gunicorn >= 25 starts a control socket ($HOME/.gunicorn/gunicorn.ctl) and a
-            # thread in the master; the relay does not use it.
+            # Recent gunicorn starts a control socket ($HOME/.gunicorn/gunicorn.ctl) and a
+            # thread in the master after the first fork; the relay does not use it.
             "control_socket_disable": True,
         }
         super().__init__()
