@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from .conftest import audit_row
@@ -157,7 +158,8 @@ async def test_two_workers_verify_and_sighup_replaces_them(tmp_path: Path) -> No
         relay.stop(signal.SIGKILL)
 
 
-async def test_sigterm_drains_both_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_sigterm_drains_both_workers(tmp_path: Path, sig: signal.Signals) -> None:
     relay, _ = two_worker_relay(tmp_path)
     relay.start()
     try:
@@ -181,10 +183,12 @@ async def test_sigterm_drains_both_workers(tmp_path: Path) -> None:
             while "proof.verified" not in relay.stdout_path().read_text():
                 assert time.monotonic() < deadline, "no verification finished"
                 await asyncio.sleep(0.005)
-            relay.proc.send_signal(signal.SIGTERM)
+            relay.proc.send_signal(sig)
             results = await asyncio.gather(*tasks, return_exceptions=True)
+        started = time.monotonic()
         code = await asyncio.to_thread(relay.stop)
         assert code == 0, relay.output()[-3000:]
+        assert time.monotonic() - started < 20  # drained, not killed after the grace period
         responses = [r for r in results if isinstance(r, httpx.Response)]
         errors = [r for r in results if not isinstance(r, httpx.Response)]
         assert not errors, errors

@@ -98,7 +98,8 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 
 class RelayArbiter(Arbiter):  # type: ignore[misc]
-    """gunicorn's master, checking the configuration before SIGHUP replaces the workers.
+    """gunicorn's master: SIGINT drains like SIGTERM, and the configuration is checked
+    before SIGHUP replaces the workers.
 
     On SIGHUP gunicorn starts new workers and stops the old ones at once; a new worker
     that cannot start (say, the policy file was broken since) makes the master stop the
@@ -106,6 +107,12 @@ class RelayArbiter(Arbiter):  # type: ignore[misc]
     worker would (settings, then the policy, oidc and webhooks sections): if it is
     invalid, the reload is refused with an error line and the running workers stay.
     """
+
+    def handle_int(self) -> None:
+        # gunicorn's SIGINT is a quick stop (SIGQUIT to the workers, which uvicorn's worker
+        # does not act on: they would be killed after the grace period, undrained). As with
+        # uvicorn, SIGINT stops gracefully, like SIGTERM.
+        self.handle_term()
 
     def handle_hup(self) -> None:
         from .serve import check_features
