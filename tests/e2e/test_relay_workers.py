@@ -8,7 +8,9 @@ the test owns), so the verifications counted per PID show that both workers veri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -52,6 +54,17 @@ def booted_pids(relay: RelayProcess) -> list[int]:
 
 def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
+
+
+def kill(relay: RelayProcess) -> None:
+    """After a failure: SIGKILL the master and its workers (a killed master's forked
+    workers would otherwise live on, orphaned, on the listening socket)."""
+    for pid in booted_pids(relay) if relay.starts else []:
+        # Only a process still running in this relay's directory (a PID can be reused).
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(f"/proc/{pid}/cwd")) == relay.workdir.resolve():
+                os.kill(pid, signal.SIGKILL)
+    relay.stop(signal.SIGKILL)
 
 
 def audit_count(db_path: Path) -> int:
@@ -155,7 +168,7 @@ async def test_two_workers_verify_and_sighup_replaces_them(tmp_path: Path) -> No
         for line in relay.stdout_path().read_text().splitlines():
             json.loads(line)  # one JSON object per line, gunicorn's messages included
     finally:
-        relay.stop(signal.SIGKILL)
+        kill(relay)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -204,7 +217,7 @@ async def test_sigterm_drains_both_workers(tmp_path: Path, sig: signal.Signals) 
         out = relay.stdout_path().read_text()
         assert out.count('"relay.stopped"') == 2
     finally:
-        relay.stop(signal.SIGKILL)
+        kill(relay)
 
 
 async def test_sighup_with_an_invalid_policy_keeps_the_workers(tmp_path: Path) -> None:
@@ -249,4 +262,4 @@ async def test_sighup_with_an_invalid_policy_keeps_the_workers(tmp_path: Path) -
         code = await asyncio.to_thread(relay.stop)
         assert code == 0, relay.output()[-3000:]
     finally:
-        relay.stop(signal.SIGKILL)
+        kill(relay)
