@@ -145,7 +145,12 @@ class Server:
         return [self.proc.pid, *descendants(self.proc.pid)]
 
     def worker_pids(self) -> list[int]:
+        # uvicorn's supervisor spawns its workers (spawn_main in their command line, beside
+        # multiprocessing's helpers); gunicorn (serve with workers > 1) forks them: its
+        # children are the workers.
         kids = [p for p in descendants(self.proc.pid) if "spawn_main" in cmdline(p)]
+        if not kids and "serve" in cmdline(self.proc.pid):
+            kids = descendants(self.proc.pid)
         return kids or [self.proc.pid]
 
     def stop(self) -> None:

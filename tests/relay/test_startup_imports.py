@@ -102,7 +102,126 @@ def test_worker_imports_the_policy_engine_when_configured(tmp_path: Path) -> Non
     assert "proof_messenger.relay.oidc" not in result["loaded"]
 
 
-PARENT = """
+#: Not imported by ``_prepare``. (``importlib.resources`` and ``zipfile``, in this list for
+#: the single-worker parent, are left out: gunicorn's master imports them itself, through
+#: ``importlib.metadata``.)
+HEAVY = (
+    "starlette",
+    "prometheus_client",
+    "rich",
+    "webauthn",
+    "httpx",
+    "jwt",
+    "proof_messenger.relay.app",
+    "proof_messenger.relay.log_routes",
+    "proof_messenger.protocol",
+    "proof_messenger.webhooks.config",
+)
+
+#: ``workers: 2``: the parent hands over to gunicorn. ``BaseApplication.run`` is replaced
+#: by a probe that records what the parent holds when gunicorn would start (it must not
+#: have imported the web stack, and must own no thread, socket, database file or event
+#: loop, since workers are forked from it), then does gunicorn's preload (``load()``) and
+#: checks the preload created none of those either.
+PARENT = (
+    f"HEAVY = {HEAVY!r}"
+    + """
+import asyncio, json, os, sys, threading
+from proof_messenger.cli._gunicorn import RelayApplication
+
+def resources():
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    with open("/proc/self/maps") as maps:
+        mapped = sorted({line.split()[-1] for line in maps if ".db" in line})
+    sockets = sorted(t for t in fds.values() if t.startswith("socket:"))
+    files = sorted(t for t in fds.values() if t.startswith("/") and not t.startswith("/dev/"))
+    loop = asyncio.get_event_loop_policy()._local._loop
+    return {"threads": threading.active_count(), "sockets": sockets, "files": files,
+            "mapped": mapped, "loop": loop is not None}
+
+calls = []
+def probe(self):
+    before = {"heavy": sorted(m for m in HEAVY if m in sys.modules), **resources(),
+              "multiproc_dir": bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))}
+    cfg = self.cfg
+    worker = cfg.worker_class
+    preloaded = self.wsgi()
+    from prometheus_client import values
+    after = {**resources(), "preloaded": f"{preloaded.__module__}:{preloaded.__name__}",
+             "multiproc_values": values.ValueClass.__name__}
+    calls.append({"before": before, "after": after, "cfg": {
+        "workers": cfg.workers, "preload_app": cfg.preload_app,
+        "bind": cfg.bind, "graceful_timeout": cfg.graceful_timeout,
+        "control_socket_disable": cfg.control_socket_disable,
+        "forwarded_allow_ips": cfg.forwarded_allow_ips,
+        "child_exit": cfg.child_exit.__name__,
+        "logger_class": cfg.logger_class.__name__,
+        "worker": {k: worker.CONFIG_KWARGS[k] for k in ("ws", "factory", "access_log",
+            "proxy_headers", "server_header", "date_header", "timeout_graceful_shutdown")},
+    }})
+RelayApplication.run = probe
+import uvicorn
+uvicorn.run = lambda *a, **k: calls.append({"uvicorn": True})
+sys.argv = ["proof-messenger", "serve"]
+from proof_messenger.cli.main import main
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(json.dumps(calls[0]))
+"""
+)
+
+
+def test_serve_parent_prepares_without_the_web_stack(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    result = run_python(PARENT, cfg)
+    before, after = result["before"], result["after"]
+    # The once-only work (migrations, keys) ran without the web stack, and its store
+    # session is closed: no aiosqlite thread, no open database file, no event loop.
+    assert before["heavy"] == []
+    assert (tmp_path / "master.key").exists() and (tmp_path / "log.key").exists()
+    assert (tmp_path / "relay.db").exists()
+    assert before["multiproc_dir"] is True
+    for state in (before, after):
+        assert state["threads"] == 1, state
+        assert state["sockets"] == [], state
+        assert not any("relay.db" in f for f in state["files"]), state
+        assert state["mapped"] == [], state
+        assert state["loop"] is False, state
+    # The preload is the import of the factory only; metrics use the multiprocess values
+    # (PROMETHEUS_MULTIPROC_DIR was set before prometheus_client was imported).
+    assert after["preloaded"] == "proof_messenger.relay.asgi:app_factory"
+    assert after["multiproc_values"] == "MmapedValue"  # not MutexValue
+    assert result["cfg"] == {
+        "workers": 2,
+        "preload_app": True,
+        "bind": ["127.0.0.1:8999"],
+        "graceful_timeout": 35,
+        "control_socket_disable": True,
+        "forwarded_allow_ips": ["127.0.0.1"],
+        "child_exit": "_child_exit",
+        "logger_class": "JsonLogger",
+        "worker": {
+            "ws": "none",
+            "factory": True,
+            "access_log": False,
+            "proxy_headers": True,
+            "server_header": False,
+            "date_header": True,
+            "timeout_graceful_shutdown": 30,
+        },
+    }
+
+
+SINGLE = (
+    f"HEAVY = {HEAVY!r}"
+    + """
 import json, sys
 import uvicorn
 calls = []
@@ -113,19 +232,19 @@ try:
     main()
 except SystemExit as exc:
     assert not exc.code, exc.code
-heavy = sorted(m for m in ("starlette", "prometheus_client", "rich", "webauthn", "httpx", "jwt",
-    "proof_messenger.relay.app", "proof_messenger.relay.log_routes", "proof_messenger.protocol",
-    "proof_messenger.webhooks.config", "importlib.resources", "zipfile") if m in sys.modules)
-print(json.dumps({"heavy": heavy, "run": {k: v for k, v in calls[0].items() if k in ("ws",
-    "workers", "factory")}}))
+heavy = sorted(m for m in HEAVY + ("importlib.resources", "zipfile") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "gunicorn": "gunicorn" in sys.modules, "run": {k: v for k, v in
+    calls[0].items() if k in ("ws", "workers", "factory", "timeout_graceful_shutdown")}}))
 """
+)
 
 
-def test_serve_parent_prepares_without_the_web_stack(tmp_path: Path) -> None:
+def test_serve_with_one_worker_runs_uvicorn_in_process(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
-    result = run_python(PARENT, cfg)
-    assert result["heavy"] == []
-    assert result["run"] == {"ws": "none", "workers": 2, "factory": True}
-    # It still did the once-only work before the workers start: schema, both keys.
-    assert (tmp_path / "master.key").exists() and (tmp_path / "log.key").exists()
-    assert (tmp_path / "relay.db").exists()
+    cfg.write_text(cfg.read_text().replace("workers: 2", "workers: 1"))
+    result = run_python(SINGLE, cfg)
+    assert result == {
+        "heavy": [],
+        "gunicorn": False,
+        "run": {"ws": "none", "workers": 1, "factory": True, "timeout_graceful_shutdown": 30},
+    }

@@ -43,8 +43,6 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         click.echo("healthy")
         return
 
-    import uvicorn
-
     from ..relay.logs import configure_logging
 
     configure_logging(settings.log_level)
@@ -55,8 +53,20 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
     # Done once here, before workers start: migrations, and the keys (two workers
     # generating two different keys would make half the audit log undecryptable).
     _prepare(settings)
-    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pm-metrics-")
+    if settings.workers > 1:
+        # Before anything imports prometheus_client: it picks its multiprocess value
+        # class at import time, and the workers inherit the master's imports.
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pm-metrics-")
+        # gunicorn forks the workers from this process once it has imported the app
+        # (the store session of _prepare is closed by now); SIGTERM makes the master
+        # drain the workers and exit 0, SIGHUP replaces them.
+        from ._gunicorn import serve as serve_forked
+
+        serve_forked(settings)
+        return
+    import uvicorn
+
     # uvicorn drains and shuts the app down on SIGTERM, then re-raises the signal with
     # the previous handler; make that handler a clean exit so a graceful stop is
     # status 0 (not -15), which process supervisors read as "stopped as asked".
@@ -88,18 +98,24 @@ def _validate_features(settings: Settings) -> None:
     """A bad policy, oidc or webhooks section stops `serve` with exit 2, before any file,
     key or database is created and before workers fork."""
     try:
-        if settings.extra.get("oidc") is not None or settings.extra.get("policy") is not None:
-            # Only then: policy_routes imports the web stack (and the sections' parsers).
-            from ..relay import policy_routes
-
-            policy_routes.prepare(settings)
-        if settings.extra.get("webhooks") is not None:
-            # Without the section there is nothing to check (defaults, no subscriptions).
-            from ..webhooks.config import parse_webhook_settings
-
-            parse_webhook_settings(settings.extra.get("webhooks"))
+        check_features(settings)
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}")
+
+
+def check_features(settings: Settings) -> None:
+    """Raise ConfigError for a bad policy, oidc or webhooks section (also run by the
+    gunicorn master before it replaces the workers on SIGHUP)."""
+    if settings.extra.get("oidc") is not None or settings.extra.get("policy") is not None:
+        # Only then: policy_routes imports the web stack (and the sections' parsers).
+        from ..relay import policy_routes
+
+        policy_routes.prepare(settings)
+    if settings.extra.get("webhooks") is not None:
+        # Without the section there is nothing to check (defaults, no subscriptions).
+        from ..webhooks.config import parse_webhook_settings
+
+        parse_webhook_settings(settings.extra.get("webhooks"))
 
 
 def _prepare(settings: Settings) -> None:
