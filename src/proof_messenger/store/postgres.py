@@ -468,11 +468,7 @@ class PostgresStore:
 
     async def get_keys(self, kids: Sequence[str]) -> dict[str, KeyRecord]:
         wanted = list(dict.fromkeys(kids))
-        if not wanted:
-            return {}
-        async with self._conn("get_keys") as con:
-            rows = await con.fetch(SELECT_KEY + " WHERE kid = ANY($1::text[])", wanted)
-        return {r.kid: r for r in (key_from_row(row, tuple) for row in rows)}
+        return await self._fetch_keys(wanted) if wanted else {}
 
     async def list_keys(self, sub: str | None = None) -> list[KeyRecord]:
         async with self._conn("list_keys") as con:
@@ -700,11 +696,7 @@ class PostgresStore:
 
     async def get_approvals_by_nonces(self, nonces: Sequence[bytes]) -> dict[bytes, ApprovalRecord]:
         wanted = list(dict.fromkeys(nonces))
-        if not wanted:
-            return {}
-        async with self._conn("get_approvals_by_nonces") as con:
-            rows = await con.fetch(APPROVAL_SELECT + " WHERE nonce = ANY($1::bytea[])", wanted)
-        return {r.nonce: r for r in map(approval_from_row, rows)}
+        return await self._fetch_approvals_by_nonce(wanted) if wanted else {}
 
     async def list_due_approvals(self, now: float, limit: int) -> list[ApprovalRecord]:
         async with self._conn("list_due_approvals") as con:
