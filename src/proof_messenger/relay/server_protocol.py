@@ -1,0 +1,195 @@
+"""One socket write per HTTP response: uvicorn's httptools protocol with the head held
+until the first body chunk.
+
+Stock uvicorn (``httptools_impl.RequestResponseCycle.send``) writes the status line and
+headers on ``http.response.start`` and the body on ``http.response.body``: two
+``transport.write`` calls per response, so two syscalls and two TCP segments, each of
+which wakes the client. :class:`OneWriteHttpToolsProtocol` holds the head and writes it
+together with the first body chunk (about +6-10 % requests/s for the relay over HTTP).
+
+How, without copying uvicorn code: the protocol overrides ``_start_asgi_task`` (a private
+uvicorn hook, called for every request, pipelined ones included) to turn each request's
+cycle into a :class:`OneWriteCycle`, whose transport is a :class:`_HeldHeadTransport`.
+uvicorn's own ``send`` still builds every byte; only the moment the head's bytes reach the
+socket changes. The hook is private, so :func:`hook_problem` checks that the installed
+uvicorn still has it and calls it, and :func:`http_protocol` (what ``serve`` hands uvicorn)
+falls back to uvicorn's stock ``"auto"`` with one warning if it does not.
+
+On the wire the bytes and their order are exactly stock uvicorn's; only segmentation
+(and, within one event-loop iteration, timing) differ:
+
+- the head goes out in the same write as the first body chunk; a streaming response's
+  later chunks are written as before, one write each;
+- nothing is held after the first ``http.response.body`` message: a response that writes
+  no body bytes for it (a HEAD request) has its head written alone then;
+- the head is never held past the current event-loop iteration: if the app awaits
+  something before its first body chunk (a stream whose first event takes time), the head
+  is written alone as soon as the loop gets control, as promptly as stock uvicorn would;
+- when uvicorn closes the connection (``Connection: close``, or the app raising after
+  ``http.response.start`` but before its body), the held head is written first and the
+  connection closed after it. For the exception, that is stock behaviour: the client gets
+  the status line and headers, then the connection closes (a truncated response, which
+  clients detect by its missing body), never a silently lost or half-buffered response;
+- a client that disconnected before the head went out gets nothing (stock uvicorn would
+  have written it to the dead connection).
+
+Flow control is untouched: uvicorn's ``send`` still waits for ``flow.drain()`` while
+writing is paused, and every write goes straight to the real transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, cast
+
+import structlog
+from uvicorn._types import ASGI3Application, ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+__all__ = [
+    "HTTP_PROTOCOL",
+    "OneWriteCycle",
+    "OneWriteHttpToolsProtocol",
+    "hook_problem",
+    "http_protocol",
+]
+
+#: The import string of the one-write protocol, as uvicorn's ``http`` setting takes it.
+HTTP_PROTOCOL = "proof_messenger.relay.server_protocol:OneWriteHttpToolsProtocol"
+
+log = structlog.get_logger("proof_messenger.http")
+
+
+class _HeldHeadTransport:
+    """A cycle's view of the connection's transport that can hold one write (the head).
+
+    Held bytes are prepended to the next write, so nothing ever overtakes them: every
+    other use of the transport (``close``, or any attribute not defined here) writes them
+    first. ``is_closing`` is asked without releasing them (uvicorn's ``receive`` asks it).
+    """
+
+    __slots__ = ("_held", "_hold_next", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._hold_next = False
+
+    def hold_next_write(self, hold: bool = True) -> None:
+        self._hold_next = hold
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if self._hold_next:
+            self._hold_next = False
+            self._held = bytes(data) if held is None else held + data
+            if held is None:
+                # Never past this event-loop iteration (see the module docstring).
+                self._loop.call_soon(self.flush)
+            return
+        if held is not None:
+            self._held = None
+            data = held + data
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write the held bytes alone, unless the connection is gone (nobody to read them)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes not defined above: release the head first, so that a
+        # transport call uvicorn may add (writelines, write_eof, abort) cannot reorder bytes.
+        self.flush()
+        return getattr(self._transport, name)
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle whose head waits for the first body chunk.
+
+    Cycles are created by uvicorn as ``RequestResponseCycle`` and turned into this class by
+    :meth:`adopt` before their task starts; ``__init__`` is uvicorn's.
+    """
+
+    _held: _HeldHeadTransport
+
+    @classmethod
+    def adopt(cls, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
+        held = _HeldHeadTransport(cycle.transport, loop)
+        cycle.__class__ = cls
+        adopted = cast(OneWriteCycle, cycle)
+        adopted._held = held
+        adopted.transport = cast(asyncio.Transport, held)
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            # uvicorn writes the status line and headers in one write: hold it.
+            self._held.hold_next_write()
+            try:
+                await super().send(message)
+            finally:
+                # Nothing written (client gone, invalid header): hold nothing later.
+                self._held.hold_next_write(False)
+            return
+        try:
+            await super().send(message)
+        finally:
+            # Coalesced already (a no-op), or no body bytes were written (HEAD): write the
+            # head now, so that nothing is held after the first body message.
+            self._held.flush()
+
+
+class OneWriteHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, one socket write per (non-streaming) response."""
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        OneWriteCycle.adopt(cycle, self.loop)
+        super()._start_asgi_task(cycle, app)
+
+
+def hook_problem() -> str | None:
+    """Why the installed uvicorn cannot run :class:`OneWriteHttpToolsProtocol`, or None.
+
+    The protocol relies on ``HttpToolsProtocol._start_asgi_task(cycle, app)`` being called
+    for every request, and on the cycle writing through ``self.transport``; a uvicorn
+    release that renames or inlines them would silently bring back two writes per response
+    (tests/relay/test_server_protocol.py fails then, and ``serve`` falls back to stock).
+    """
+    hook = getattr(HttpToolsProtocol, "_start_asgi_task", None)
+    if not callable(hook):
+        return "uvicorn's HttpToolsProtocol has no _start_asgi_task"
+    params = list(inspect.signature(hook).parameters)
+    if params != ["self", "cycle", "app"]:
+        return f"uvicorn's HttpToolsProtocol._start_asgi_task takes {params}"
+    for caller in ("on_headers_complete", "on_response_complete"):
+        if "_start_asgi_task" not in getattr(HttpToolsProtocol, caller).__code__.co_names:
+            return f"uvicorn's HttpToolsProtocol.{caller} no longer calls _start_asgi_task"
+    for method in ("send", "run_asgi"):
+        if "transport" not in getattr(RequestResponseCycle, method).__code__.co_names:
+            return f"uvicorn's RequestResponseCycle.{method} no longer uses self.transport"
+    return None
+
+
+def http_protocol() -> str:
+    """uvicorn's ``http`` setting for the relay: the one-write protocol, or stock ``"auto"``
+    (httptools) with one warning log line if the installed uvicorn lacks the hook."""
+    problem = hook_problem()
+    if problem is None:
+        return HTTP_PROTOCOL
+    log.warning(
+        "http.one_write_unavailable",
+        detail=f"{problem}: using uvicorn's stock HTTP protocol (two writes per response)",
+    )
+    return "auto"
