@@ -9,19 +9,20 @@ together with the first body chunk (about +6-10 % requests/s for the relay over 
 
 How, without copying uvicorn code: the protocol overrides ``_start_asgi_task`` (a private
 uvicorn hook, called for every request, pipelined ones included) to turn each request's
-cycle into a :class:`OneWriteCycle`, whose transport is a :class:`_HeldHeadTransport`.
-uvicorn's own ``send`` still builds every byte; only the moment the head's bytes reach the
-socket changes. The hook is private, so :func:`hook_problem` checks that the installed
-uvicorn still has it and calls it, and :func:`http_protocol` (what ``serve`` hands uvicorn)
-falls back to uvicorn's stock ``"auto"`` with one warning if it does not.
+cycle's ``transport`` and ``send`` into a :class:`_OneWriteResponse` (the cycle object
+itself, and its class, stay uvicorn's). uvicorn's own ``send`` still builds every byte; only
+the moment the head's bytes reach the socket changes. The hook is private, so
+:func:`hook_problem` checks that the installed uvicorn still has it and calls it, and
+:func:`http_protocol` (what ``serve`` hands uvicorn) falls back to uvicorn's stock
+``"auto"`` with one warning if it does not.
 
 On the wire the bytes and their order are exactly stock uvicorn's; only segmentation
 (and, within one event-loop iteration, timing) differ:
 
 - the head goes out in the same write as the first body chunk; a streaming response's
   later chunks are written as before, one write each;
-- nothing is held after the first ``http.response.body`` message: a response that writes
-  no body bytes for it (a HEAD request) has its head written alone then;
+- a response that writes no body bytes (a HEAD request) has its head written alone when
+  it completes, before the connection's next request starts;
 - the head is never held past the current event-loop iteration: if the app awaits
   something before its first body chunk (a stream whose first event takes time), the head
   is written alone as soon as the loop gets control, as promptly as stock uvicorn would;
@@ -44,12 +45,11 @@ import inspect
 from typing import Any, cast
 
 import structlog
-from uvicorn._types import ASGI3Application, ASGISendEvent
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 __all__ = [
     "HTTP_PROTOCOL",
-    "OneWriteCycle",
     "OneWriteHttpToolsProtocol",
     "hook_problem",
     "http_protocol",
@@ -61,34 +61,47 @@ HTTP_PROTOCOL = "proof_messenger.relay.server_protocol:OneWriteHttpToolsProtocol
 log = structlog.get_logger("proof_messenger.http")
 
 
-class _HeldHeadTransport:
-    """A cycle's view of the connection's transport that can hold one write (the head).
+class _OneWriteResponse:
+    """One request's response path: holds uvicorn's head write until the first body chunk.
 
-    Held bytes are prepended to the next write, so nothing ever overtakes them: every
-    other use of the transport (``close``, or any attribute not defined here) writes them
-    first. ``is_closing`` is asked without releasing them (uvicorn's ``receive`` asks it).
+    It stands in for the cycle's transport (``cycle.transport``) and wraps its
+    ``on_response`` callback; the cycle keeps its class and methods, so uvicorn's own code
+    runs on an unchanged object. The first write of a response that is not an interim
+    ``1xx`` (uvicorn's ``100 Continue``) is its head: uvicorn's ``send`` writes the status
+    line and headers in one write, before any body byte. That write is held, and prepended
+    to the next one, so nothing ever overtakes it: every other use of the transport
+    (``close``, or any attribute not defined here) writes it first, so does the response's
+    completion, and a callback scheduled when it is held writes it alone at the end of the
+    event-loop iteration. ``is_closing`` is asked without releasing it (uvicorn's
+    ``receive`` asks it).
     """
 
-    __slots__ = ("_held", "_hold_next", "_loop", "_transport")
+    __slots__ = ("_awaiting_head", "_held", "_loop", "_on_response", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
+    def __init__(self, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = cycle.transport
+        self._on_response = cycle.on_response
         self._loop = loop
         self._held: bytes | None = None
-        self._hold_next = False
+        self._awaiting_head = True
+        cycle.transport = cast(asyncio.Transport, self)
+        cycle.on_response = self.on_response
 
-    def hold_next_write(self, hold: bool = True) -> None:
-        self._hold_next = hold
+    def on_response(self) -> None:
+        """The response is complete (uvicorn calls this after its last write, and before a
+        pipelined request starts): a head still held (a HEAD request) is written now."""
+        self.flush()
+        self._on_response()
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        held = self._held
-        if self._hold_next:
-            self._hold_next = False
-            self._held = bytes(data) if held is None else held + data
-            if held is None:
-                # Never past this event-loop iteration (see the module docstring).
-                self._loop.call_soon(self.flush)
+    # --- the transport, as the cycle sees it ---------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._awaiting_head and not data.startswith(b"HTTP/1.1 1"):
+            self._awaiting_head = False
+            self._held = data
+            # Never past this event-loop iteration (see the module docstring).
+            self._loop.call_soon(self.flush)
             return
+        held = self._held
         if held is not None:
             self._held = None
             data = held + data
@@ -116,46 +129,11 @@ class _HeldHeadTransport:
         return getattr(self._transport, name)
 
 
-class OneWriteCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle whose head waits for the first body chunk.
-
-    Cycles are created by uvicorn as ``RequestResponseCycle`` and turned into this class by
-    :meth:`adopt` before their task starts; ``__init__`` is uvicorn's.
-    """
-
-    _held: _HeldHeadTransport
-
-    @classmethod
-    def adopt(cls, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
-        held = _HeldHeadTransport(cycle.transport, loop)
-        cycle.__class__ = cls
-        adopted = cast(OneWriteCycle, cycle)
-        adopted._held = held
-        adopted.transport = cast(asyncio.Transport, held)
-
-    async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] == "http.response.start" and not self.response_started:
-            # uvicorn writes the status line and headers in one write: hold it.
-            self._held.hold_next_write()
-            try:
-                await super().send(message)
-            finally:
-                # Nothing written (client gone, invalid header): hold nothing later.
-                self._held.hold_next_write(False)
-            return
-        try:
-            await super().send(message)
-        finally:
-            # Coalesced already (a no-op), or no body bytes were written (HEAD): write the
-            # head now, so that nothing is held after the first body message.
-            self._held.flush()
-
-
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, one socket write per (non-streaming) response."""
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        OneWriteCycle.adopt(cycle, self.loop)
+        _OneWriteResponse(cycle, self.loop)
         super()._start_asgi_task(cycle, app)
 
 
@@ -176,9 +154,14 @@ def hook_problem() -> str | None:
     for caller in ("on_headers_complete", "on_response_complete"):
         if "_start_asgi_task" not in getattr(HttpToolsProtocol, caller).__code__.co_names:
             return f"uvicorn's HttpToolsProtocol.{caller} no longer calls _start_asgi_task"
-    for method in ("send", "run_asgi"):
-        if "transport" not in getattr(RequestResponseCycle, method).__code__.co_names:
-            return f"uvicorn's RequestResponseCycle.{method} no longer uses self.transport"
+    for method, uses in (
+        ("send", "transport"),
+        ("send", "on_response"),
+        ("run_asgi", "transport"),
+        ("run_asgi", "send"),
+    ):
+        if uses not in getattr(RequestResponseCycle, method).__code__.co_names:
+            return f"uvicorn's RequestResponseCycle.{method} no longer uses self.{uses}"
     return None
 
 
