@@ -8,10 +8,11 @@ which wakes the client. :class:`OneWriteHttpToolsProtocol` holds the head and wr
 together with the first body chunk (about +6-10 % requests/s for the relay over HTTP).
 
 How, without copying uvicorn code: the protocol overrides ``_start_asgi_task`` (a private
-uvicorn hook, called for every request, pipelined ones included) to turn each request's
-cycle's ``transport`` and ``send`` into a :class:`_OneWriteResponse` (the cycle object
-itself, and its class, stay uvicorn's). uvicorn's own ``send`` still builds every byte; only
-the moment the head's bytes reach the socket changes. The hook is private, so
+uvicorn hook, called for every request, pipelined ones included) to give each request's
+cycle a :class:`_OneWriteResponse` as its ``transport`` (the cycle object itself, its class
+and methods stay uvicorn's: swapping its class made every uvicorn attribute access on it
+slower, about 25k more instructions a request). uvicorn's own ``send`` still builds and
+writes every byte; only the moment the head's bytes reach the socket changes. The hook is private, so
 :func:`hook_problem` checks that the installed uvicorn still has it and calls it, and
 :func:`http_protocol` (what ``serve`` hands uvicorn) falls back to uvicorn's stock
 ``"auto"`` with one warning if it does not.
@@ -60,6 +61,9 @@ HTTP_PROTOCOL = "proof_messenger.relay.server_protocol:OneWriteHttpToolsProtocol
 
 log = structlog.get_logger("proof_messenger.http")
 
+#: How an interim (1xx) response starts: uvicorn writes ``100 Continue`` before the head.
+_INTERIM = b"HTTP/1.1 1"
+
 
 class _OneWriteResponse:
     """One request's response path: holds uvicorn's head write until the first body chunk.
@@ -94,10 +98,10 @@ class _OneWriteResponse:
         self._on_response()
 
     # --- the transport, as the cycle sees it ---------------------------------------------
-    def write(self, data: bytes) -> None:
-        if self._awaiting_head and not data.startswith(b"HTTP/1.1 1"):
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._awaiting_head and bytes(data[:10]) != _INTERIM:
             self._awaiting_head = False
-            self._held = data
+            self._held = bytes(data)  # the same object for bytes (uvicorn's head)
             # Never past this event-loop iteration (see the module docstring).
             self._loop.call_soon(self.flush)
             return
@@ -141,9 +145,10 @@ def hook_problem() -> str | None:
     """Why the installed uvicorn cannot run :class:`OneWriteHttpToolsProtocol`, or None.
 
     The protocol relies on ``HttpToolsProtocol._start_asgi_task(cycle, app)`` being called
-    for every request, and on the cycle writing through ``self.transport``; a uvicorn
-    release that renames or inlines them would silently bring back two writes per response
-    (tests/relay/test_server_protocol.py fails then, and ``serve`` falls back to stock).
+    for every request, and on the cycle writing through ``self.transport`` and calling
+    ``self.on_response`` on completion; a uvicorn release that renames or inlines them
+    would silently bring back two writes per response (tests/relay/test_server_protocol.py
+    fails then, and ``serve`` falls back to stock).
     """
     hook = getattr(HttpToolsProtocol, "_start_asgi_task", None)
     if not callable(hook):
@@ -158,7 +163,6 @@ def hook_problem() -> str | None:
         ("send", "transport"),
         ("send", "on_response"),
         ("run_asgi", "transport"),
-        ("run_asgi", "send"),
     ):
         if uses not in getattr(RequestResponseCycle, method).__code__.co_names:
             return f"uvicorn's RequestResponseCycle.{method} no longer uses self.{uses}"
