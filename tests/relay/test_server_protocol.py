@@ -515,3 +515,9 @@ async def test_a_completed_head_response_is_written_before_a_bad_next_request_is
         assert conn.transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
         assert conn.transport.writes[1].startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert wires[0] == wires[1]
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+async def test_a_body_of_another_buffer_type(kind: Callable[[bytes], Any]) -> None:
+    ours = await both(responder(chunks=[kind(JSON)]))
+    assert len(ours.writes) == 1 and ours.wire.endswith(JSON)

@@ -99,7 +99,7 @@ class _OneWriteResponse:
 
     # --- the transport, as the cycle sees it ---------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._awaiting_head and bytes(data[:10]) != _INTERIM:
+        if self._awaiting_head and data[:10] != _INTERIM:
             self._awaiting_head = False
             self._held = bytes(data)  # the same object for bytes (uvicorn's head)
             # Never past this event-loop iteration (see the module docstring).
