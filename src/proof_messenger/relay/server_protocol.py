@@ -5,7 +5,10 @@ Stock uvicorn (``httptools_impl.RequestResponseCycle.send``) writes the status l
 headers on ``http.response.start`` and the body on ``http.response.body``: two
 ``transport.write`` calls per response, so two syscalls and two TCP segments, each of
 which wakes the client. :class:`OneWriteHttpToolsProtocol` holds the head and writes it
-together with the first body chunk (about +6-10 % requests/s for the relay over HTTP).
+together with the first body chunk: one system call and one client wake-up fewer per
+response (measured on the relay's GET /health, one worker, wrk with 8 connections: server
+plus client CPU per request 78 -> 65 us, median of 6 interleaved pairs). Its own cost is
+about 15k instructions a request (the stand-in object, a ``call_soon``, the extra calls).
 
 How, without copying uvicorn code: the protocol overrides ``_start_asgi_task`` (a private
 uvicorn hook, called for every request, pipelined ones included) to give each request's
