@@ -521,3 +521,39 @@ async def test_a_completed_head_response_is_written_before_a_bad_next_request_is
 async def test_a_body_of_another_buffer_type(kind: Callable[[bytes], Any]) -> None:
     ours = await both(responder(chunks=[kind(JSON)]))
     assert len(ours.writes) == 1 and ours.wire.endswith(JSON)
+
+
+async def test_an_event_stream_shows_its_head_and_first_event_while_it_waits() -> None:
+    """Like the approval events (StreamingResponse): the head and the first chunk go out at
+    once, while the stream waits for its next event; the wire is stock uvicorn's."""
+    from starlette.responses import StreamingResponse
+
+    async def run(cls: type[HttpToolsProtocol]) -> FakeTransport:
+        waiting = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def events() -> Any:
+            yield b"retry: 2000\n\n"
+            waiting.set()
+            await go_on.wait()
+            yield b"event: status\ndata: {}\n\n"
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            response = StreamingResponse(events(), media_type="text/event-stream")
+            await response(scope, receive, send)
+
+        conn = connect(app, cls)
+        conn.protocol.data_received(GET)
+        await waiting.wait()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert conn.transport.wire.endswith(b"\r\n\r\nd\r\nretry: 2000\n\n\r\n")
+        go_on.set()
+        await conn.settle()
+        assert conn.transport.wire.endswith(b"0\r\n\r\n")
+        return conn.transport
+
+    stock = await run(HttpToolsProtocol)
+    ours = await run(OneWriteHttpToolsProtocol)
+    assert ours.wire == stock.wire
+    assert len(stock.writes) == 4 and len(ours.writes) == 3
