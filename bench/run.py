@@ -235,6 +235,10 @@ def start_relay(
 
 
 def start_bare(workdir: Path, keys_file: Path, workers: int) -> Server:
+    # The relay's HTTP protocol (one write per response), so the ceiling is measured under
+    # the same server as the relay: `serve` hands uvicorn this same setting.
+    from proof_messenger.relay.server_protocol import http_protocol
+
     port = free_port()
     env = python_env()
     env["BENCH_KEYS_FILE"] = str(keys_file)
@@ -255,6 +259,8 @@ def start_bare(workdir: Path, keys_file: Path, workers: int) -> Server:
             "--log-level",
             "warning",
             "--no-server-header",
+            "--http",
+            http_protocol(),
         ],
         env=env,
         cwd=HERE,

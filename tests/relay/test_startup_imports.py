@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from proof_messenger.relay.server_protocol import HTTP_PROTOCOL
 from tests.conftest import REPO
 
 #: Loaded on first use (or when their config section is present), never at start-up.
@@ -161,7 +162,7 @@ def probe(self):
         "forwarded_allow_ips": cfg.forwarded_allow_ips,
         "child_exit": cfg.child_exit.__name__,
         "logger_class": cfg.logger_class.__name__,
-        "worker": {k: worker.CONFIG_KWARGS[k] for k in ("ws", "factory", "access_log",
+        "worker": {k: worker.CONFIG_KWARGS[k] for k in ("ws", "http", "factory", "access_log",
             "proxy_headers", "server_header", "date_header", "timeout_graceful_shutdown")},
     }})
 RelayApplication.run = probe
@@ -209,6 +210,7 @@ def test_serve_parent_prepares_without_the_web_stack(tmp_path: Path) -> None:
         "logger_class": "JsonLogger",
         "worker": {
             "ws": "none",
+            "http": HTTP_PROTOCOL,
             "factory": True,
             "access_log": False,
             "proxy_headers": True,
@@ -234,7 +236,7 @@ except SystemExit as exc:
     assert not exc.code, exc.code
 heavy = sorted(m for m in HEAVY + ("importlib.resources", "zipfile") if m in sys.modules)
 print(json.dumps({"heavy": heavy, "gunicorn": "gunicorn" in sys.modules, "run": {k: v for k, v in
-    calls[0].items() if k in ("ws", "workers", "factory", "timeout_graceful_shutdown")}}))
+    calls[0].items() if k in ("ws", "http", "workers", "factory", "timeout_graceful_shutdown")}}))
 """
 )
 
@@ -246,5 +248,11 @@ def test_serve_with_one_worker_runs_uvicorn_in_process(tmp_path: Path) -> None:
     assert result == {
         "heavy": [],
         "gunicorn": False,
-        "run": {"ws": "none", "workers": 1, "factory": True, "timeout_graceful_shutdown": 30},
+        "run": {
+            "ws": "none",
+            "http": HTTP_PROTOCOL,
+            "workers": 1,
+            "factory": True,
+            "timeout_graceful_shutdown": 30,
+        },
     }

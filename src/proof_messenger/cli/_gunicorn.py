@@ -25,6 +25,7 @@ from uvicorn_worker import UvicornWorker
 
 from ..configuration import ConfigError
 from ..relay.config import Settings, load_settings
+from ..relay.server_protocol import http_protocol
 
 __all__ = ["RelayWorker", "serve"]
 
@@ -40,7 +41,9 @@ class RelayWorker(UvicornWorker):  # type: ignore[misc]
 
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 (a class attribute uvicorn-worker reads)
         "loop": "auto",
-        "http": "auto",
+        # One write per response (relay/server_protocol.py), as with workers: 1; decided
+        # once, in the master, when this module is imported.
+        "http": http_protocol(),
         # No WebSocket routes: spares the websockets import; an upgrade is answered as HTTP.
         "ws": "none",
         # The preloaded object is app_factory: each worker builds its app after the fork.

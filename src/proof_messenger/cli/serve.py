@@ -67,6 +67,8 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         return
     import uvicorn
 
+    from ..relay.server_protocol import http_protocol
+
     # uvicorn drains and shuts the app down on SIGTERM, then re-raises the signal with
     # the previous handler; make that handler a clean exit so a graceful stop is
     # status 0 (not -15), which process supervisors read as "stopped as asked".
@@ -77,6 +79,9 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        # uvicorn's httptools protocol writing each response's head and body in one write
+        # (relay/server_protocol.py); uvicorn's stock "auto" if its private hook is gone.
+        http=http_protocol(),
         # The relay has no WebSocket routes: "none" spares every worker the import of the
         # websockets package (about 4 MB and 60 ms); an upgrade request is answered as HTTP.
         ws="none",
