@@ -27,6 +27,7 @@ from ..audit.crypto import Keyring
 from ..protocol.errors import ProofMessengerError
 from ..store.base import Store, StoreUnavailable
 from .config import Settings
+from .http import FastRequest
 from .metrics import metrics
 from .problems import HTTPProblem, problem_response
 from .ratelimit import LocalRateLimiter, RateLimiter
@@ -143,8 +144,10 @@ class RelayApp(Starlette):
     Those two requests skip Starlette's error and exception middleware, the router's
     linear match over every route and the endpoint wrapper: the same endpoint runs with
     the same request-context middleware (request id, access log, metrics) and the same
-    exception handlers, so answers, headers and logs are identical. Anything else (other
-    methods, other paths, a CORS request when CORS is configured) takes the normal stack.
+    exception handlers, so answers, headers and logs are identical. Its request is a
+    ``FastRequest``, whose headers are indexed once (``IndexedHeaders``, same lookups as
+    Starlette's). Anything else (other methods, other paths, a CORS request when CORS is
+    configured) takes the normal stack.
     """
 
     _fast_routes: dict[str, Route]
@@ -176,7 +179,7 @@ class RelayApp(Starlette):
         scope["route"] = route
         scope["endpoint"] = route.endpoint
         scope["path_params"] = {}
-        request = Request(scope, receive, send)
+        request = FastRequest(scope, receive, send)
         try:
             response = await route.endpoint(request)
         except Exception as exc:
