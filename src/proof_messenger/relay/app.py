@@ -305,7 +305,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         m = metrics()
-        m.in_flight.inc()
+        m.request_started()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -319,7 +319,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            m.in_flight.dec()
+            m.request_finished()
             route = _route_label(scope)
             m.count_request(route, status)
             if self.access_log:

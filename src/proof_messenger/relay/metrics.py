@@ -16,6 +16,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client.values import MutexValue
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "render"]
 
@@ -49,11 +50,32 @@ class Metrics:
             "Requests being handled right now.",
             multiprocess_mode="livesum",
         )
+        #: Requests in flight in this process. With one process (values kept in memory)
+        #: the gauge reads this count when scraped, which is exactly what inc() at the
+        #: start and dec() at the end of each request would show, without two locked
+        #: updates per request; in multiprocess mode the gauge is written per request as
+        #: before (other processes' scrapes read it from its file).
+        self._in_flight = 0
+        self._in_flight_at_scrape = isinstance(getattr(self.in_flight, "_value", None), MutexValue)
+        if self._in_flight_at_scrape:
+            self.in_flight.set_function(lambda: self._in_flight)
         # Labelled children, looked up once: ``labels()`` validates and locks on every call,
         # and /verify updates two labelled counters per request. Label values are bounded
         # (routes, HTTP statuses, protocol error codes), so these dicts stay small.
         self._verification_children: dict[tuple[str, str], Any] = {}
         self._request_children: dict[tuple[str, int], Any] = {}
+
+    def request_started(self) -> None:
+        if self._in_flight_at_scrape:
+            self._in_flight += 1
+        else:
+            self.in_flight.inc()
+
+    def request_finished(self) -> None:
+        if self._in_flight_at_scrape:
+            self._in_flight -= 1
+        else:
+            self.in_flight.dec()
 
     def count_verification(self, accepted: bool, code: str) -> None:
         key = ("accepted" if accepted else "rejected", code)
