@@ -323,7 +323,9 @@ class RequestContextMiddleware:
             route = _route_label(scope)
             m.count_request(route, status)
             if self.access_log:
-                log.info(
+                # log.bind().info is what log.info resolves to (the lazy proxy's
+                # __getattr__ calls bind()), without the failed attribute lookup first.
+                log.bind().info(
                     "http.request",
                     request_id=request_id,
                     method=scope["method"],

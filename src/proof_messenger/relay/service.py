@@ -647,7 +647,7 @@ class VerificationService:
         if policy_result is not None and after_accept is not None:
             payload.update(await after_accept(verified, record, policy_result))
         # --- end policy engine ---------------------------------------------------------------
-        log.info(
+        log.bind().info(  # = log.info, resolved without the proxy's __getattr__ (hot path)
             "proof.verified",
             proof_id=verified.proof_id,
             sub=intent.sub,
