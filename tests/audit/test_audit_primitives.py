@@ -9,6 +9,7 @@ import pytest
 
 from proof_messenger.audit.errors import DecryptionError
 from proof_messenger.audit.primitives import (
+    Aes256Gcm,
     aes256_gcm_decrypt,
     aes256_gcm_encrypt,
     hkdf_sha256,
@@ -104,3 +105,23 @@ def test_hmac_sha256_wycheproof(group: dict[str, Any], tc: dict[str, Any]) -> No
     matches = full[: group["tagSize"] // 8] == tag
     assert matches is (tc["result"] == "valid")
     assert hmac_sha256_verify(key, msg, tag) is (tc["result"] == "valid" and len(tag) == 32)
+
+
+def test_prepared_aes_gcm_key_serves_many_messages() -> None:
+    """One ``Aes256Gcm`` (what the keyring keeps per data key) gives what the module
+    functions give, message after message, and refuses what they refuse."""
+    key = bytes(range(32))
+    prepared = Aes256Gcm(key)
+    for i in range(3):
+        nonce, aad, msg = bytes([i]) * 12, f"evt-{i}".encode(), b"context %d" % i
+        blob = prepared.encrypt(nonce, aad, msg)
+        assert blob == aes256_gcm_encrypt(key, nonce, aad, msg)
+        assert prepared.decrypt(nonce, aad, blob) == msg
+        with pytest.raises(DecryptionError):
+            prepared.decrypt(nonce, b"other", blob)
+    with pytest.raises(ValueError, match="key must be 32 bytes"):
+        Aes256Gcm(b"\x00" * 16)
+    with pytest.raises(ValueError, match="nonce must be 12 bytes"):
+        prepared.encrypt(b"\x00" * 8, b"", b"x")
+    with pytest.raises(DecryptionError):
+        prepared.decrypt(b"\x00" * 12, b"", b"\x00" * 15)

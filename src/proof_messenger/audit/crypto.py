@@ -50,8 +50,7 @@ from proof_messenger.audit.errors import DecryptionError, MasterKeyError
 from proof_messenger.audit.primitives import (
     GCM_NONCE_SIZE,
     GCM_TAG_SIZE,
-    aes256_gcm_decrypt,
-    aes256_gcm_encrypt,
+    Aes256Gcm,
     hkdf_sha256,
 )
 
@@ -112,13 +111,15 @@ class Keyring:
     def __init__(self, keys: Sequence[MasterKey], warnings: Sequence[str] = ()) -> None:
         if not keys:
             raise MasterKeyError("a keyring needs at least one key")
-        data_keys: dict[str, bytes] = {}
+        data_keys: dict[str, Aes256Gcm] = {}
         for key in keys:
             if key.key_id in data_keys:
                 raise MasterKeyError(f"duplicate key id {key.key_id!r}")
-            data_keys[key.key_id] = _derive_data_key(key.secret)
+            # Prepared once: every audit row is encrypted with the active key.
+            data_keys[key.key_id] = Aes256Gcm(_derive_data_key(key.secret))
         self._active_key_id = keys[0].key_id
         self._data_keys = data_keys
+        self._active = data_keys[self._active_key_id]
         self.warnings: tuple[str, ...] = tuple(warnings)
 
     def __repr__(self) -> str:
@@ -134,9 +135,8 @@ class Keyring:
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> tuple[str, bytes]:
         """Encrypt with the active key; return ``(key_id, nonce || ciphertext || tag)``."""
-        nonce = secrets.token_bytes(GCM_NONCE_SIZE)
-        key = self._data_keys[self._active_key_id]
-        return self._active_key_id, nonce + aes256_gcm_encrypt(key, nonce, aad, plaintext)
+        nonce = os.urandom(GCM_NONCE_SIZE)  # what secrets.token_bytes returns, one call less
+        return self._active_key_id, nonce + self._active.encrypt(nonce, aad, plaintext)
 
     def decrypt(self, key_id: str, blob: bytes, aad: bytes) -> bytes:
         """Decrypt a blob made by ``encrypt`` (by this or an older key) with the same AAD."""
@@ -150,7 +150,7 @@ class Keyring:
                 f"ciphertext blob is {len(blob)} bytes, shorter than nonce + tag "
                 f"({GCM_NONCE_SIZE + GCM_TAG_SIZE})"
             )
-        return aes256_gcm_decrypt(key, blob[:GCM_NONCE_SIZE], aad, blob[GCM_NONCE_SIZE:])
+        return key.decrypt(blob[:GCM_NONCE_SIZE], aad, blob[GCM_NONCE_SIZE:])
 
 
 def format_master_key_line(key: MasterKey) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "GCM_NONCE_SIZE",
     "GCM_TAG_SIZE",
     "HMAC_SHA256_SIZE",
+    "Aes256Gcm",
     "aes256_gcm_decrypt",
     "aes256_gcm_encrypt",
     "hkdf_sha256",
@@ -51,30 +52,58 @@ def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> byt
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
-def _check_gcm_params(key: bytes, nonce: bytes) -> None:
+def _check_gcm_key(key: bytes) -> None:
     if len(key) != AES_KEY_SIZE:
         raise ValueError(f"AES-256-GCM key must be {AES_KEY_SIZE} bytes, got {len(key)}")
+
+
+def _check_gcm_nonce(nonce: bytes) -> None:
     if len(nonce) != GCM_NONCE_SIZE:
         raise ValueError(f"AES-GCM nonce must be {GCM_NONCE_SIZE} bytes, got {len(nonce)}")
 
 
+class Aes256Gcm:
+    """One AES-256-GCM key, prepared once, for many messages.
+
+    ``AESGCM(key)`` costs about three times an encryption of a small context, and the
+    relay encrypts one context per audit row with the same key: the keyring keeps one
+    of these per data key. The checks are those of the module functions (which are
+    built on this class, so the Wycheproof vectors drive it too). pyca's ``AESGCM``
+    object holds no per-message state, so one instance serves every message and thread.
+    """
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        _check_gcm_key(key)
+        self._aead = AESGCM(key)
+
+    def encrypt(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        """Return ``ciphertext || 16-byte tag``. The caller guarantees nonce uniqueness."""
+        _check_gcm_nonce(nonce)
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, nonce: bytes, aad: bytes, ciphertext_and_tag: bytes) -> bytes:
+        """Authenticate and decrypt ``ciphertext || tag``; raise ``DecryptionError`` on failure."""
+        _check_gcm_nonce(nonce)
+        if len(ciphertext_and_tag) < GCM_TAG_SIZE:
+            raise DecryptionError("ciphertext is shorter than the 16-byte GCM tag")
+        try:
+            return self._aead.decrypt(nonce, ciphertext_and_tag, aad)
+        except InvalidTag:
+            raise DecryptionError(
+                "authentication failed: wrong key, wrong associated data or tampered ciphertext"
+            ) from None
+
+
 def aes256_gcm_encrypt(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
     """Return ``ciphertext || 16-byte tag``. The caller guarantees nonce uniqueness."""
-    _check_gcm_params(key, nonce)
-    return AESGCM(key).encrypt(nonce, plaintext, aad)
+    return Aes256Gcm(key).encrypt(nonce, aad, plaintext)
 
 
 def aes256_gcm_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext_and_tag: bytes) -> bytes:
     """Authenticate and decrypt ``ciphertext || tag``; raise ``DecryptionError`` on failure."""
-    _check_gcm_params(key, nonce)
-    if len(ciphertext_and_tag) < GCM_TAG_SIZE:
-        raise DecryptionError("ciphertext is shorter than the 16-byte GCM tag")
-    try:
-        return AESGCM(key).decrypt(nonce, ciphertext_and_tag, aad)
-    except InvalidTag:
-        raise DecryptionError(
-            "authentication failed: wrong key, wrong associated data or tampered ciphertext"
-        ) from None
+    return Aes256Gcm(key).decrypt(nonce, aad, ciphertext_and_tag)
 
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:

@@ -7,6 +7,7 @@ a high-entropy secret) and the comparison is constant-time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -74,7 +75,19 @@ def validate_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def expand(scopes: tuple[str, ...]) -> frozenset[str]:
+    """The scopes a key grants: its own plus the ones they imply (``keys:write`` ->
+    ``keys:read``). Every authenticated request asks; a key's scopes are one of a few
+    tuples, so those are expanded once (an immutable frozenset, cached)."""
+    if type(scopes) is tuple:
+        return _expand_cached(scopes)
+    return _expand(scopes)
+
+
+def _expand(scopes: tuple[str, ...]) -> frozenset[str]:
     out = set(scopes)
     for scope in scopes:
         out.update(_IMPLIES.get(scope, ()))
     return frozenset(out)
+
+
+_expand_cached = functools.lru_cache(maxsize=256)(_expand)

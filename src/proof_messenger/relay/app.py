@@ -27,6 +27,7 @@ from ..audit.crypto import Keyring
 from ..protocol.errors import ProofMessengerError
 from ..store.base import Store, StoreUnavailable
 from .config import Settings
+from .http import FastRequest
 from .metrics import metrics
 from .problems import HTTPProblem, problem_response
 from .ratelimit import LocalRateLimiter, RateLimiter
@@ -143,8 +144,10 @@ class RelayApp(Starlette):
     Those two requests skip Starlette's error and exception middleware, the router's
     linear match over every route and the endpoint wrapper: the same endpoint runs with
     the same request-context middleware (request id, access log, metrics) and the same
-    exception handlers, so answers, headers and logs are identical. Anything else (other
-    methods, other paths, a CORS request when CORS is configured) takes the normal stack.
+    exception handlers, so answers, headers and logs are identical. Its request is a
+    ``FastRequest``, whose headers are indexed once (``IndexedHeaders``, same lookups as
+    Starlette's). Anything else (other methods, other paths, a CORS request when CORS is
+    configured) takes the normal stack.
     """
 
     _fast_routes: dict[str, Route]
@@ -176,7 +179,7 @@ class RelayApp(Starlette):
         scope["route"] = route
         scope["endpoint"] = route.endpoint
         scope["path_params"] = {}
-        request = Request(scope, receive, send)
+        request = FastRequest(scope, receive, send)
         try:
             response = await route.endpoint(request)
         except Exception as exc:
@@ -302,7 +305,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         m = metrics()
-        m.in_flight.inc()
+        m.request_started()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -316,11 +319,13 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            m.in_flight.dec()
+            m.request_finished()
             route = _route_label(scope)
             m.count_request(route, status)
             if self.access_log:
-                log.info(
+                # log.bind().info is what log.info resolves to (the lazy proxy's
+                # __getattr__ calls bind()), without the failed attribute lookup first.
+                log.bind().info(
                     "http.request",
                     request_id=request_id,
                     method=scope["method"],

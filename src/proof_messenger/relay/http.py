@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from .problems import HTTPProblem
 
 __all__ = [
+    "FastRequest",
+    "IndexedHeaders",
     "decode_model",
     "is_cbor",
     "query_int",
@@ -25,6 +29,48 @@ __all__ = [
 
 T = TypeVar("T")
 CBOR = "application/cbor"
+
+
+class IndexedHeaders(Headers):
+    """Starlette's ``Headers`` with lookups through a dict built once.
+
+    ``Headers.get`` is ``Mapping.get``: a Python call to ``__getitem__``, which scans
+    the header list and raises ``KeyError`` for an absent header; ``/verify`` looks up
+    six headers (most of them absent), so it pays that scan six times. Here the names
+    are indexed once, with Starlette's semantics kept exactly: a name is looked up as
+    ``name.lower()`` in Latin-1 against the raw names as sent (ASGI servers give them in
+    lower case), the FIRST of repeated headers is the one returned (as ``__getitem__``
+    returns), and everything else (``getlist``, ``items``, ``raw``...) is Starlette's.
+    """
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        # dict() keeps the last value of a repeated name; reversed, that is the first.
+        self._index: dict[bytes, bytes] = dict(reversed(self._list))
+
+    def __getitem__(self, key: str) -> str:
+        value = self._index.get(key.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(key)
+        return value.decode("latin-1")
+
+    def __contains__(self, key: Any) -> bool:
+        return key.lower().encode("latin-1") in self._index
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._index.get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+
+class FastRequest(Request):
+    """The request of the fast path (``RelayApp``): ``headers`` are ``IndexedHeaders``."""
+
+    @property
+    def headers(self) -> Headers:
+        headers: Headers | None = self.__dict__.get("_headers")
+        if headers is None:
+            headers = self._headers = IndexedHeaders(self.scope)
+        return headers
 
 
 async def read_body(request: Request, limit: int, seconds: float) -> bytes:

@@ -4,6 +4,8 @@ multiprocess mode aggregates them (the serve command sets PROMETHEUS_MULTIPROC_D
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -16,6 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client.values import MutexValue
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "render"]
 
@@ -49,25 +52,91 @@ class Metrics:
             "Requests being handled right now.",
             multiprocess_mode="livesum",
         )
+        #: Requests in flight in this process. With one process (values kept in memory)
+        #: the gauge reads this count when scraped, which is exactly what inc() at the
+        #: start and dec() at the end of each request would show, without two locked
+        #: updates per request; in multiprocess mode the gauge is written per request as
+        #: before (other processes' scrapes read it from its file).
+        self._in_flight = 0
+        self._in_flight_at_scrape = isinstance(getattr(self.in_flight, "_value", None), MutexValue)
+        if self._in_flight_at_scrape:
+            self.in_flight.set_function(lambda: self._in_flight)
         # Labelled children, looked up once: ``labels()`` validates and locks on every call,
         # and /verify updates two labelled counters per request. Label values are bounded
         # (routes, HTTP statuses, protocol error codes), so these dicts stay small.
-        self._verification_children: dict[tuple[str, str], Any] = {}
-        self._request_children: dict[tuple[str, int], Any] = {}
+        # The dicts hold each child's ``inc`` (see _fast_inc).
+        self._verification_children: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._request_children: dict[tuple[str, int], Callable[[float], None]] = {}
+        self.observe_verify = _fast_observe(self.verify_latency)
+        self.observe_audit_write = _fast_observe(self.audit_write_latency)
+
+    def request_started(self) -> None:
+        if self._in_flight_at_scrape:
+            self._in_flight += 1
+        else:
+            self.in_flight.inc()
+
+    def request_finished(self) -> None:
+        if self._in_flight_at_scrape:
+            self._in_flight -= 1
+        else:
+            self.in_flight.dec()
 
     def count_verification(self, accepted: bool, code: str) -> None:
         key = ("accepted" if accepted else "rejected", code)
-        child = self._verification_children.get(key)
-        if child is None:
-            child = self._verification_children[key] = self.verifications.labels(*key)
-        child.inc()
+        inc = self._verification_children.get(key)
+        if inc is None:
+            inc = self._verification_children[key] = _fast_inc(self.verifications.labels(*key))
+        inc(1)
 
     def count_request(self, route: str, status: int) -> None:
         key = (route, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(route, str(status))
-        child.inc()
+        inc = self._request_children.get(key)
+        if inc is None:
+            inc = self._request_children[key] = _fast_inc(self.requests.labels(route, str(status)))
+        inc(1)
+
+
+# Every request updates two counters and two histograms. prometheus_client's inc() and
+# observe() first check, in two Python calls, that the metric is not a labelled parent
+# (these are children or unlabelled), that the amount is not negative (1, or a
+# duration) and whether an exemplar was given (never); then they update the value
+# objects. The two functions below do those same value updates directly, and fall back
+# to the public methods if prometheus_client's internals ever change shape.
+
+
+def _fast_inc(counter: Any) -> Callable[[float], None]:
+    """``counter.inc`` for a (child) counter, without the checks that cannot fail here."""
+    value = getattr(counter, "_value", None)
+    inc = getattr(value, "inc", None)
+    if inc is None or (counter._labelnames and not counter._labelvalues):
+        public: Callable[[float], None] = counter.inc
+        return public
+    fast: Callable[[float], None] = inc
+    return fast
+
+
+def _fast_observe(histogram: Histogram) -> Callable[[float], None]:
+    """``histogram.observe`` (no exemplar) for an unlabelled histogram: the sum, then the
+    first bucket whose upper bound is >= the amount (what observe's loop finds; the last
+    bound is +Inf, and a NaN amount goes in no bucket, as there)."""
+    total = getattr(histogram, "_sum", None)
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if total is None or buckets is None or bounds is None or histogram._labelnames:
+        return histogram.observe
+    sum_inc = total.inc
+    bucket_incs = [bucket.inc for bucket in buckets]
+    upper = list(bounds)
+    last = len(upper)
+
+    def observe(amount: float) -> None:
+        sum_inc(amount)
+        i = bisect_left(upper, amount)
+        if i < last and amount <= upper[i]:
+            bucket_incs[i](1)
+
+    return observe
 
 
 _metrics: Metrics | None = None

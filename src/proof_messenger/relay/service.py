@@ -537,7 +537,7 @@ class VerificationService:
         try:
             return await self.store.append_many(entries)
         finally:
-            metrics().audit_write_latency.observe(time.perf_counter() - started)
+            metrics().observe_audit_write(time.perf_counter() - started)
 
     def _check_signature(
         self, parsed: ParsedProof, key: ResolvedKey, require_uv: bool
@@ -582,7 +582,7 @@ class VerificationService:
                 policy_approval=policy_approval,
             )
         finally:
-            metrics().audit_write_latency.observe(time.perf_counter() - started)
+            metrics().observe_audit_write(time.perf_counter() - started)
 
     async def _accept(
         self,
@@ -647,7 +647,7 @@ class VerificationService:
         if policy_result is not None and after_accept is not None:
             payload.update(await after_accept(verified, record, policy_result))
         # --- end policy engine ---------------------------------------------------------------
-        log.info(
+        log.bind().info(  # = log.info, resolved without the proxy's __getattr__ (hot path)
             "proof.verified",
             proof_id=verified.proof_id,
             sub=intent.sub,

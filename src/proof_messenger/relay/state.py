@@ -47,13 +47,14 @@ class RelayState:
                 "send 'Authorization: Bearer <api key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="proof-messenger"'},
             )
+        token = token.strip()
         # --- OIDC callers: a bearer JWT from the configured IdP -------------------
         oidc_caller = self.features.get("oidc_caller")
-        if oidc_caller is not None and token.strip().startswith("eyJ"):
-            jwt_record: ApiKeyRecord = await oidc_caller(token.strip())
+        if oidc_caller is not None and token.startswith("eyJ"):
+            jwt_record: ApiKeyRecord = await oidc_caller(token)
             return await self._authorize(request, jwt_record, scopes)
         # --- end OIDC callers --------------------------------------------------------------
-        parsed = apikeys.parse_api_key(token.strip())
+        parsed = apikeys.parse_api_key(token)
         record: ApiKeyRecord | None = None
         if parsed is not None:
             try:
@@ -68,7 +69,7 @@ class RelayState:
                 ) from exc
         # Compare even when the id is unknown, so timing does not reveal which ids exist.
         stored_hash = record.secret_hash if record is not None else b"\x00" * 32
-        ok = apikeys.matches(token.strip(), stored_hash) and record is not None
+        ok = apikeys.matches(token, stored_hash) and record is not None
         if not ok or record is None or record.revoked_at is not None:
             raise HTTPProblem(
                 401,
@@ -93,7 +94,8 @@ class RelayState:
                 required_scope=scopes[0],
             )
         await self.rate_limit(record.id, "this API key")
-        request.state.api_key_id = record.id
+        # What ``request.state.api_key_id = ...`` stores, without building a State.
+        request.scope.setdefault("state", {})["api_key_id"] = record.id
         return record
 
     async def user_identity(self, request: Request) -> Identity | None:
@@ -130,11 +132,15 @@ class RelayState:
             )
 
     def client(self, request: Request) -> ClientInfo:
-        ip = request.client.host if request.client else None
+        # Straight from the scope: ``request.client`` builds an Address and
+        # ``request.state`` a State each time (what they read is the same).
+        scope = request.scope
+        host_port = scope.get("client")
+        state = scope.get("state")
         return ClientInfo(
-            ip=ip,
+            ip=host_port[0] if host_port is not None else None,
             user_agent=request.headers.get("user-agent"),
-            api_key_id=getattr(request.state, "api_key_id", None),
+            api_key_id=state.get("api_key_id") if state is not None else None,
         )
 
 

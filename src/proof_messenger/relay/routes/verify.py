@@ -39,7 +39,7 @@ def _observe(state: RelayState, outcome: Outcome, started: float) -> None:
     m = state.metrics
     code = outcome.error.code if outcome.error else "ok"
     m.count_verification(outcome.accepted, code)
-    m.verify_latency.observe(time.perf_counter() - started)
+    m.observe_verify(time.perf_counter() - started)
 
 
 def _flag(request: Request, name: str) -> bool:
