@@ -99,6 +99,7 @@ from .base import (
     OutboxEvent,
     PolicyApproval,
     RegistrationChallenge,
+    ReplayKey,
     StoreError,
     StoreUnavailable,
     WebhookDelivery,
@@ -635,9 +636,9 @@ class SQLiteStore:
 
     # --- replay + audit ------------------------------------------------------------------------
 
-    async def is_claimed(self, digest: bytes) -> bool:
+    async def is_claimed(self, key: ReplayKey) -> bool:
         row = await self._lookup(
-            lambda con: con.execute("SELECT 1 FROM replay WHERE digest = ?", (digest,)).fetchone()
+            lambda con: con.execute(_IS_CLAIMED, (*key, key.digest)).fetchone()
         )
         return row is not None
 
@@ -645,12 +646,12 @@ class SQLiteStore:
         self,
         draft: AuditDraft,
         *,
-        claim_digest: bytes | None = None,
+        claim: ReplayKey | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
         policy_approval: PolicyApproval | None = None,  # policy engine
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
+        return await self._committer.submit(draft, claim, outbox, approval, policy_approval)
 
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         return await self._committer.submit_many(entries)
@@ -1172,31 +1173,38 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
     audit_rows: list[tuple[Any, ...]] = []
     outbox_rows: list[tuple[Any, ...]] = []
     policy_rows: list[tuple[Any, ...]] = []
+    # Digests claimed before migration 0006 (replay_v1) are replays whatever their exp.
+    legacy = _legacy_claimed(con, [i.claim.digest for i in batch if i.claim is not None])
     # Replay claims: all at once, unless an approval transition is in the batch (a failed
     # compare-and-set gives its claim back, so claims must then run row by row, in order).
-    won = None if any(item.approval is not None for item in batch) else _claim_all(con, batch)
+    won = (
+        None if any(item.approval is not None for item in batch) else _claim_all(con, batch, legacy)
+    )
     for item in batch:
         draft = item.draft
-        if item.claim_digest is not None:
+        claim = item.claim
+        if claim is not None:
             if won is not None:
                 if draft.event_id not in won:
                     results.append(AppendResult(record=None, replayed=True))
                     continue
-            else:
-                cur = con.execute(
-                    _CLAIM_ONE, (item.claim_digest, time_to_micros(draft.time), draft.event_id)
-                )
-                if cur.rowcount != 1:
-                    results.append(AppendResult(record=None, replayed=True))
-                    continue
+            elif (
+                claim.digest in legacy
+                or con.execute(
+                    _CLAIM_ONE, (*claim, time_to_micros(draft.time), draft.event_id)
+                ).rowcount
+                != 1
+            ):
+                results.append(AppendResult(record=None, replayed=True))
+                continue
         if item.approval is not None:  # approval CAS, atomic with this row
             cur = con.execute(
                 transition_sql(item.approval, "sqlite"),
                 transition_args(item.approval, draft.event_id),
             )
             if cur.rowcount != 1:
-                if item.claim_digest is not None:
-                    con.execute("DELETE FROM replay WHERE digest = ?", (item.claim_digest,))
+                if claim is not None:  # give the claim back: the row is not written
+                    con.execute("DELETE FROM replay WHERE exp = ? AND digest = ?", claim)
                 results.append(AppendResult(record=None, transition_failed=True))
                 continue
         record, entry = seal_entry(seq + 1, prev_hash, draft)
@@ -1232,32 +1240,61 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
 
 
 _CLAIM_ONE = (
-    "INSERT INTO replay (digest, accepted_at, event_id) VALUES (?, ?, ?) "
-    "ON CONFLICT (digest) DO NOTHING"
+    "INSERT INTO replay (exp, digest, accepted_at, event_id) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (exp, digest) DO NOTHING"
 )
-_CLAIMED_BY = "SELECT event_id FROM replay WHERE digest IN ("
+_CLAIMED_BY = "SELECT event_id FROM replay WHERE exp = ? AND digest = ?"
+#: A claim (exp, digest), or its digest claimed before migration 0006 (replay_v1).
+_IS_CLAIMED = (
+    "SELECT 1 FROM replay WHERE exp = ? AND digest = ? "
+    "UNION ALL SELECT 1 FROM replay_v1 WHERE digest = ? LIMIT 1"
+)
+_LEGACY_CLAIMED = "SELECT digest FROM replay_v1 WHERE digest IN ("
 _INSERT_MERKLE_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
 
 
-def _claim_all(con: sqlite3.Connection, batch: list[PendingAppend]) -> set[str]:
-    """Claim every digest of the batch; return the event ids whose claim won.
+def _legacy_claimed(con: sqlite3.Connection, digests: list[bytes]) -> frozenset[bytes]:
+    """The digests among ``digests`` claimed before migration 0006 (kept in ``replay_v1``).
 
-    Within the batch the first claimant of a digest wins (rows insert in order). Usually
-    every claim wins, which the row count shows; only otherwise are the winners read back.
+    Power-of-two chunks, as in :func:`_insert_many`: few distinct statements to prepare.
+    Usually (and always on a database created after 0006) the table is empty or holds none
+    of them: a read of a few pages, no write.
+    """
+    if not digests:
+        return frozenset()
+    found: set[bytes] = set()
+    limit = _chunk_size(con, 1)
+    start = 0
+    while start < len(digests):
+        n = min(limit, 1 << ((len(digests) - start).bit_length() - 1))
+        sql = _LEGACY_CLAIMED + ",".join("?" * n) + ")"
+        found.update(bytes(d) for (d,) in con.execute(sql, digests[start : start + n]))
+        start += n
+    return frozenset(found)
+
+
+def _claim_all(
+    con: sqlite3.Connection, batch: list[PendingAppend], legacy: frozenset[bytes]
+) -> set[str]:
+    """Claim every claim of the batch; return the event ids whose claim won.
+
+    Within the batch the first claimant of a key wins (rows insert in order); a digest in
+    ``legacy`` (claimed before migration 0006) is not claimed again and never wins.
+    Usually every claim wins, which the row count shows; only otherwise are the winners
+    read back, one primary-key read each.
     """
     claims = [
-        (item.claim_digest, time_to_micros(item.draft.time), item.draft.event_id)
+        (*item.claim, time_to_micros(item.draft.time), item.draft.event_id)
         for item in batch
-        if item.claim_digest is not None
+        if item.claim is not None and item.claim.digest not in legacy
     ]
     if _insert_many(con, _CLAIM_ONE, claims) == len(claims):
-        return {event_id for _, _, event_id in claims}
+        return {event_id for _, _, _, event_id in claims}
     won: set[str] = set()
-    step = _chunk_size(con, 1)
-    for start in range(0, len(claims), step):
-        digests = [digest for digest, _, _ in claims[start : start + step]]
-        sql = _CLAIMED_BY + ",".join("?" * len(digests)) + ")"
-        won.update(event_id for (event_id,) in con.execute(sql, digests))
+    for exp, digest in dict.fromkeys((c[0], c[1]) for c in claims):
+        row = con.execute(_CLAIMED_BY, (exp, digest)).fetchone()
+        if row is not None:
+            won.add(row[0])
     return won
 
 
