@@ -94,6 +94,8 @@ def prefill_sql(path: str, n: int, subs: list[str], rng: random.Random) -> None:
     con.execute("PRAGMA synchronous = OFF")
     replay_cols = [r[1] for r in con.execute("PRAGMA table_info(replay)")]
     has_exp = "exp" in replay_cols
+    node_cols = [r[1] for r in con.execute("PRAGMA table_info(merkle_nodes)")]
+    by_last = "last_leaf" in node_cols  # migration 0007: nodes keyed by their last leaf
     con.execute("BEGIN")
     t0 = time.time() - n / 1000  # 1,000 rows a second up to now
     tree = CompactTree()
@@ -148,7 +150,13 @@ def prefill_sql(path: str, n: int, subs: list[str], rng: random.Random) -> None:
         con.executemany(insert_audit, rows)
         con.executemany(insert_replay, claims)
         tree, nodes = _merkle.extend_tree(tree, leaves)
-        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        if by_last:
+            con.executemany(
+                "INSERT INTO merkle_nodes (last_leaf, level, hash) VALUES (?, ?, ?)",
+                [(((i + 1) << lv) - 1, lv, h) for lv, i, h in nodes],
+            )
+        else:
+            con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
     con.execute(
         "UPDATE chain_head SET seq = ?, entry_hash = ?, merkle_frontier = ? WHERE id = 1",
         (n, os.urandom(32), tree.to_bytes()),

@@ -1085,7 +1085,8 @@ class SQLiteStore:
                     ).fetchone()
                 else:
                     row = con.execute(
-                        "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, idx)
+                        "SELECT hash FROM merkle_nodes WHERE last_leaf = ? AND level = ?",
+                        (_last_leaf(level, idx), level),
                     ).fetchone()
                 if row is not None and row[0] is not None:
                     found[(level, idx)] = bytes(row[0])
@@ -1231,7 +1232,7 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
     _insert_many(con, _INSERT_OUTBOX, outbox_rows)
     _insert_many(con, _INSERT_POLICY_APPROVAL, policy_rows)
     tree, nodes = _merkle.extend_tree(tree, leaves)
-    _insert_many(con, _INSERT_MERKLE_NODE, nodes)
+    _insert_many(con, _INSERT_MERKLE_NODE, [(_last_leaf(lv, i), lv, h) for lv, i, h in nodes])
     con.execute(
         "UPDATE chain_head SET seq = ?, entry_hash = ?, merkle_frontier = ? WHERE id = 1",
         (seq, prev_hash, tree.to_bytes()),
@@ -1250,7 +1251,14 @@ _IS_CLAIMED = (
     "UNION ALL SELECT 1 FROM replay_v1 WHERE digest = ? LIMIT 1"
 )
 _LEGACY_CLAIMED = "SELECT digest FROM replay_v1 WHERE digest IN ("
-_INSERT_MERKLE_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
+_INSERT_MERKLE_NODE = "INSERT INTO merkle_nodes (last_leaf, level, hash) VALUES (?, ?, ?)"
+
+
+def _last_leaf(level: int, idx: int) -> int:
+    """The key of node (level, idx) in ``merkle_nodes`` (migration 0007): the index of the
+    last leaf it covers. The nodes a batch completes all end inside the batch, so they are
+    inserted next to each other instead of at one right edge per level."""
+    return ((idx + 1) << level) - 1
 
 
 def _legacy_claimed(con: sqlite3.Connection, digests: list[bytes]) -> frozenset[bytes]:
@@ -1335,7 +1343,11 @@ def _multi_row_sql(head: str, values: str, conflict: str, n: int) -> str:
 
 
 def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
-    """Recompute leaf hashes, nodes and frontier from the rows in seq order (backfill)."""
+    """Recompute leaf hashes, nodes and frontier from the rows in seq order (backfill).
+
+    Runs inside migration 0002, on ``merkle_nodes`` as 0002 creates it (keyed by level,
+    idx; 0007 re-keys it afterwards), and on the current table (tests rebuild a tree)."""
+    by_last = any(r[1] == "last_leaf" for r in con.execute("PRAGMA table_info(merkle_nodes)"))
     con.execute("DELETE FROM merkle_nodes")
     tree = CompactTree()
     last = 0
@@ -1350,7 +1362,10 @@ def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
             [(leaf, r.seq) for leaf, r in zip(leaves, chunk, strict=True)],
         )
         tree, nodes = _merkle.extend_tree(tree, leaves)
-        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        if by_last:
+            con.executemany(_INSERT_MERKLE_NODE, [(_last_leaf(lv, i), lv, h) for lv, i, h in nodes])
+        else:
+            con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
         last = chunk[-1].seq
     con.execute("UPDATE chain_head SET merkle_frontier = ? WHERE id = 1", (tree.to_bytes(),))
     return tree.size
