@@ -217,6 +217,10 @@ class SQLiteStore:
         self._key_cache: RecordCache[str, KeyRecord] | None = None
         self._api_key_cache: RecordCache[str, ApiKeyRecord] | None = None
         self._nonce_filter: NonceFilter | None = None
+        #: Whether ``replay_v1`` (claims from before migration 0006) holds any row; None
+        #: until first needed. Nothing writes that table after 0006 created it, so once
+        #: seen empty it stays empty, and claims then skip looking digests up in it.
+        self._legacy_claims: bool | None = None
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -457,7 +461,10 @@ class SQLiteStore:
                 applied.append(migration.name)
             return applied
 
-        return await self._write(apply)
+        applied = await self._write(apply)
+        if applied:
+            self._legacy_claims = None  # 0006 may just have moved claims to replay_v1
+        return applied
 
     async def is_ready(self) -> bool:
         wanted = {m.name for m in load_migrations("sqlite")}
@@ -637,10 +644,20 @@ class SQLiteStore:
     # --- replay + audit ------------------------------------------------------------------------
 
     async def is_claimed(self, key: ReplayKey) -> bool:
-        row = await self._lookup(
-            lambda con: con.execute(_IS_CLAIMED, (*key, key.digest)).fetchone()
-        )
-        return row is not None
+        def query(con: sqlite3.Connection) -> Any:
+            if self._has_legacy_claims(con):
+                return con.execute(_IS_CLAIMED_OR_LEGACY, (*key, key.digest)).fetchone()
+            return con.execute(_IS_CLAIMED, key).fetchone()
+
+        return await self._lookup(query) is not None
+
+    def _has_legacy_claims(self, con: sqlite3.Connection) -> bool:
+        """Whether ``replay_v1`` holds claims from before migration 0006 (see
+        ``_legacy_claims``); read once per store, on the first claim after migrating."""
+        if self._legacy_claims is None:
+            row = con.execute("SELECT EXISTS (SELECT 1 FROM replay_v1)").fetchone()
+            self._legacy_claims = bool(row[0])
+        return self._legacy_claims
 
     async def append(
         self,
@@ -670,7 +687,12 @@ class SQLiteStore:
             batch = take()
             if not batch:
                 return []
-            return self._write_txn(functools.partial(_commit_batch_sync, batch=batch))
+            legacy = any(item.claim is not None for item in batch) and self._has_legacy_claims(
+                self._writer_con()
+            )
+            return self._write_txn(
+                functools.partial(_commit_batch_sync, batch=batch, legacy_claims=legacy)
+            )
         finally:
             self._end_turn()
 
@@ -1155,8 +1177,13 @@ class SQLiteStore:
     # --- end Merkle log ------------------------------------------------------------------------
 
 
-def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> list[AppendResult]:
-    """One group-commit batch inside the caller's BEGIN IMMEDIATE transaction."""
+def _commit_batch_sync(
+    con: sqlite3.Connection, batch: list[PendingAppend], legacy_claims: bool = True
+) -> list[AppendResult]:
+    """One group-commit batch inside the caller's BEGIN IMMEDIATE transaction.
+
+    ``legacy_claims``: whether ``replay_v1`` may hold claims from before migration 0006
+    (False only when the store has seen it empty: nothing writes it any more)."""
     head = con.execute(
         "SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1"
     ).fetchone()
@@ -1175,7 +1202,11 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
     outbox_rows: list[tuple[Any, ...]] = []
     policy_rows: list[tuple[Any, ...]] = []
     # Digests claimed before migration 0006 (replay_v1) are replays whatever their exp.
-    legacy = _legacy_claimed(con, [i.claim.digest for i in batch if i.claim is not None])
+    legacy = (
+        _legacy_claimed(con, [i.claim.digest for i in batch if i.claim is not None])
+        if legacy_claims
+        else frozenset()
+    )
     # Replay claims: all at once, unless an approval transition is in the batch (a failed
     # compare-and-set gives its claim back, so claims must then run row by row, in order).
     won = (
@@ -1245,8 +1276,9 @@ _CLAIM_ONE = (
     "ON CONFLICT (exp, digest) DO NOTHING"
 )
 _CLAIMED_BY = "SELECT event_id FROM replay WHERE exp = ? AND digest = ?"
+_IS_CLAIMED = "SELECT 1 FROM replay WHERE exp = ? AND digest = ?"
 #: A claim (exp, digest), or its digest claimed before migration 0006 (replay_v1).
-_IS_CLAIMED = (
+_IS_CLAIMED_OR_LEGACY = (
     "SELECT 1 FROM replay WHERE exp = ? AND digest = ? "
     "UNION ALL SELECT 1 FROM replay_v1 WHERE digest = ? LIMIT 1"
 )
