@@ -83,7 +83,9 @@ async def test_migration_backfills_existing_rows(target: Target) -> None:
     # Simulate a database migrated before 0002: drop the Merkle state, re-run the backfill.
     await target.execute("DELETE FROM merkle_nodes")
     await target.execute("UPDATE audit SET leaf_hash = NULL")
-    await target.execute("DELETE FROM schema_migrations WHERE name = '0002_merkle'")
+    await target.execute(
+        "DELETE FROM schema_migrations WHERE name IN ('0002_merkle', '0007_merkle_by_last')"
+    )
     for stmt in (
         "DROP TABLE merkle_nodes",
         "DROP TABLE checkpoints",

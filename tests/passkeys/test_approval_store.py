@@ -19,7 +19,7 @@ from proof_messenger.store import Store
 from proof_messenger.store.base import ApprovalTransition, RegistrationChallenge
 from proof_messenger.store.postgres import PostgresStore
 from proof_messenger.store.sqlite import SQLiteStore
-from tests.store.conftest import T0, make_draft, pg_database
+from tests.store.conftest import T0, make_draft, pg_database, rk
 from tests.store.conftest import make_approval as approval
 
 
@@ -55,7 +55,7 @@ async def test_approve_once_atomically_with_audit_row(store: Store) -> None:
     digest = os.urandom(32)
     first = await store.append(
         make_draft(1),
-        claim_digest=digest,
+        claim=rk(digest),
         approval=ApprovalTransition(a.id, "approved", T0 + 10, proof_id="p1"),
     )
     assert first.record is not None and not first.transition_failed
@@ -68,11 +68,11 @@ async def test_approve_once_atomically_with_audit_row(store: Store) -> None:
     # and its replay claim is rolled back with it.
     other = os.urandom(32)
     second = await store.append(
-        make_draft(2), claim_digest=other, approval=ApprovalTransition(a.id, "declined", T0 + 11)
+        make_draft(2), claim=rk(other), approval=ApprovalTransition(a.id, "declined", T0 + 11)
     )
     assert second.transition_failed and second.record is None
     assert await store.audit_count() == count
-    assert not await store.is_claimed(other)
+    assert not await store.is_claimed(rk(other))
     assert (await store.get_approval(a.id)).status == "approved"  # type: ignore[union-attr]
 
 
@@ -83,7 +83,7 @@ async def test_concurrent_decisions_one_winner(store: Store) -> None:
         *(
             store.append(
                 make_draft(i),
-                claim_digest=os.urandom(32),
+                claim=rk(os.urandom(32)),
                 approval=ApprovalTransition(a.id, "approved" if i % 2 else "declined", T0 + 5),
             )
             for i in range(8)

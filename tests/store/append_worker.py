@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from proof_messenger.store import AppendResult, AuditDraft, open_store
+from proof_messenger.store import AppendResult, AuditDraft, ReplayKey, open_store
 
 
 def _ready(barrier: Path) -> int:
@@ -42,7 +42,11 @@ async def main(url: str, barrier: Path, name: str, count: int, shared: bytes, pe
                 sub=name,
             )
             # Every 20th append also tries to claim the digest all processes share.
-            out.append(await store.append(draft, claim_digest=shared if i % 20 == 0 else None))
+            out.append(
+                await store.append(
+                    draft, claim=ReplayKey(1_700_000_300, shared) if i % 20 == 0 else None
+                )
+            )
         return out
 
     results = [r for rs in await asyncio.gather(*(client(c) for c in range(8))) for r in rs]

@@ -17,12 +17,25 @@ import pytest
 
 from proof_messenger.store import Store
 from proof_messenger.store._common import AUDIT_COLUMNS, audit_row_values
-from proof_messenger.store.base import ApprovalRecord, AuditDraft, AuditRecord, WebhookSubscription
+from proof_messenger.store.base import (
+    ApprovalRecord,
+    AuditDraft,
+    AuditRecord,
+    ReplayKey,
+    WebhookSubscription,
+)
 from proof_messenger.store.postgres import PostgresStore
 from proof_messenger.store.sqlite import SQLiteStore
 
 PG_ADMIN_DSN = os.environ.get("PM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = 1_700_000_000.0
+#: The intent exp of test claims (any value: a claim collides on its digest).
+EXP = int(T0) + 300
+
+
+def rk(digest: bytes, exp: int = EXP) -> ReplayKey:
+    """A replay claim for ``digest`` (as the relay builds it from an intent)."""
+    return ReplayKey(exp, digest)
 
 
 def make_draft(i: int, **overrides: Any) -> AuditDraft:

@@ -39,11 +39,11 @@ class FakeDb:
         self.commits.append([item.draft.event_id for item in batch])
         results = []
         for seq, item in enumerate(batch, 1):
-            if item.claim_digest is not None and item.claim_digest in self.claimed:
+            if item.claim is not None and item.claim in self.claimed:
                 results.append(AppendResult(record=None, replayed=True))
                 continue
-            if item.claim_digest is not None:
-                self.claimed.add(item.claim_digest)
+            if item.claim is not None:
+                self.claimed.add(item.claim)
             results.append(AppendResult(AuditRecord(seq, item.draft, b"", b"")))
         return results
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from proof_messenger.store.sqlite import SQLiteStore
 
-from .conftest import make_draft
+from .conftest import make_draft, rk
 
 
 async def test_appends_queued_while_another_process_writes_join_one_commit(
@@ -27,10 +27,10 @@ async def test_appends_queued_while_another_process_writes_join_one_commit(
         other = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(other, fcntl.LOCK_EX)
         try:
-            first = asyncio.ensure_future(store.append(make_draft(0), claim_digest=b"d" * 32))
+            first = asyncio.ensure_future(store.append(make_draft(0), claim=rk(b"d" * 32)))
             await asyncio.sleep(0.05)  # the writer thread now waits for the lock
             rest = [
-                asyncio.ensure_future(store.append(make_draft(i), claim_digest=bytes([i]) * 32))
+                asyncio.ensure_future(store.append(make_draft(i), claim=rk(bytes([i]) * 32)))
                 for i in range(1, 10)
             ]
             await asyncio.sleep(0.05)

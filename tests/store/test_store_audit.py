@@ -17,7 +17,7 @@ from proof_messenger.audit.chain import (
 )
 from proof_messenger.store import AuditFilter, AuditRecord, OutboxEvent, Store, StoreUnavailable
 
-from .conftest import T0, Target, make_draft, make_subscription
+from .conftest import T0, Target, make_draft, make_subscription, rk
 
 
 async def all_rows(store: Store) -> list[AuditRecord]:
@@ -65,20 +65,20 @@ async def test_iter_audit_streams_past_one_chunk(target: Target) -> None:
 async def test_same_digest_50_concurrent_claims_exactly_one_wins(target: Target) -> None:
     store = await target.store()
     digest = os.urandom(32)
-    assert await store.is_claimed(digest) is False
+    assert await store.is_claimed(rk(digest)) is False
     results = await asyncio.gather(
-        *(store.append(make_draft(i), claim_digest=digest) for i in range(50))
+        *(store.append(make_draft(i), claim=rk(digest)) for i in range(50))
     )
     winners = [r for r in results if not r.replayed]
     assert len(winners) == 1 and winners[0].record is not None
     assert sum(r.replayed and r.record is None for r in results) == 49
     assert await store.audit_count() == 1
-    assert await store.is_claimed(digest) is True
+    assert await store.is_claimed(rk(digest)) is True
 
     # The claim is durable: a new store instance on the same database still sees it.
     other = await target.store()
-    assert await other.is_claimed(digest) is True
-    again = await other.append(make_draft(99), claim_digest=digest)
+    assert await other.is_claimed(rk(digest)) is True
+    again = await other.append(make_draft(99), claim=rk(digest))
     assert again.replayed and again.record is None
     assert await other.audit_count() == 1
 
@@ -86,12 +86,12 @@ async def test_same_digest_50_concurrent_claims_exactly_one_wins(target: Target)
 async def test_claim_survives_reopen(target: Target) -> None:
     store = await target.store()
     digest = os.urandom(32)
-    assert not (await store.append(make_draft(0), claim_digest=digest)).replayed
+    assert not (await store.append(make_draft(0), claim=rk(digest))).replayed
     await store.close()
     target.opened.remove(store)
     reopened = await target.store(migrate=False)
-    assert await reopened.is_claimed(digest)
-    assert (await reopened.append(make_draft(1), claim_digest=digest)).replayed
+    assert await reopened.is_claimed(rk(digest))
+    assert (await reopened.append(make_draft(1), claim=rk(digest))).replayed
 
 
 async def test_two_instances_append_concurrently_without_forking(target: Target) -> None:
@@ -103,8 +103,8 @@ async def test_two_instances_append_concurrently_without_forking(target: Target)
         jobs.append(a.append(make_draft(i, sub="a")))
         jobs.append(b.append(make_draft(i, sub="b")))
     for i in range(10):
-        jobs.append(a.append(make_draft(1000 + i), claim_digest=shared))
-        jobs.append(b.append(make_draft(2000 + i), claim_digest=shared))
+        jobs.append(a.append(make_draft(1000 + i), claim=rk(shared)))
+        jobs.append(b.append(make_draft(2000 + i), claim=rk(shared)))
     results = await asyncio.gather(*jobs)
     assert sum(not r.replayed for r in results) == 401
     rows = await all_rows(a)
@@ -131,8 +131,8 @@ async def test_outbox_rows_are_written_with_their_audit_row(target: Target) -> N
     ]
     # A replayed append writes no outbox rows either.
     digest = os.urandom(32)
-    await store.append(make_draft(3), claim_digest=digest)
-    r = await store.append(make_draft(4), claim_digest=digest, outbox=events)
+    await store.append(make_draft(3), claim=rk(digest))
+    r = await store.append(make_draft(4), claim=rk(digest), outbox=events)
     assert r.replayed
     assert len(await target.fetch("SELECT id FROM outbox")) == 2
 
@@ -304,7 +304,7 @@ async def test_failed_batch_rolls_back_everything_then_recovers(target: Target) 
     # Fault: the outbox table disappears, so each batch fails at its first outbox insert.
     await target.execute("ALTER TABLE outbox RENAME TO outbox_gone")
     results = await asyncio.gather(
-        store.append(make_draft(10), claim_digest=digest, outbox=event),
+        store.append(make_draft(10), claim=rk(digest), outbox=event),
         *(store.append(make_draft(11 + i), outbox=event) for i in range(20)),
         return_exceptions=True,
     )
@@ -312,10 +312,10 @@ async def test_failed_batch_rolls_back_everything_then_recovers(target: Target) 
     assert await store.chain_head() == head
     assert await store.audit_count() == 3
     assert len(await all_rows(store)) == 3
-    assert await store.is_claimed(digest) is False  # the claim rolled back with its row
+    assert await store.is_claimed(rk(digest)) is False  # the claim rolled back with its row
 
     await target.execute("ALTER TABLE outbox_gone RENAME TO outbox")
-    res = await store.append(make_draft(30), claim_digest=digest, outbox=event)
+    res = await store.append(make_draft(30), claim=rk(digest), outbox=event)
     assert res.record is not None and res.record.seq == 4
     assert (await verify(store)).ok
 

@@ -9,7 +9,7 @@ import os
 from proof_messenger.audit.chain import verify_chain_async
 from proof_messenger.store import KeyRecord, OutboxEvent
 
-from .conftest import T0, Target, make_approval, make_draft, make_subscription
+from .conftest import T0, Target, make_approval, make_draft, make_subscription, rk
 
 
 async def test_append_many_one_transaction_in_order_with_claims(target: Target) -> None:
@@ -18,16 +18,16 @@ async def test_append_many_one_transaction_in_order_with_claims(target: Target) 
         make_subscription("s1", ("proof.verified",), created_at=T0 - 10)
     )
     taken = os.urandom(32)
-    assert not (await store.append(make_draft(0), claim_digest=taken)).replayed
+    assert not (await store.append(make_draft(0), claim=rk(taken))).replayed
     fresh = os.urandom(32)
     drafts = [make_draft(i) for i in range(1, 6)]
     event = [OutboxEvent("proof.verified", b"{}")]
     results = await store.append_many(
         [
-            (drafts[0], fresh, event),
+            (drafts[0], rk(fresh), event),
             (drafts[1], None, event),
-            (drafts[2], fresh, event),  # claimed by an earlier entry of the same call
-            (drafts[3], taken, event),  # claimed by an earlier append
+            (drafts[2], rk(fresh), event),  # claimed by an earlier entry of the same call
+            (drafts[3], rk(taken), event),  # claimed by an earlier append
             (drafts[4], None, ()),
         ]
     )
@@ -88,7 +88,9 @@ async def test_append_many_beyond_one_insert_statement(target: Target) -> None:
     digests = [os.urandom(32) for _ in range(300)]
     digests[299] = digests[10]
     drafts = [make_draft(i) for i in range(300)]
-    results = await store.append_many(list(zip(drafts, digests, [()] * 300, strict=True)))
+    results = await store.append_many(
+        [(d, rk(g), ()) for d, g in zip(drafts, digests, strict=True)]
+    )
     assert [i for i, r in enumerate(results) if r.replayed] == [299]
     written = [r.record for r in results if r.record is not None]
     assert [r.seq for r in written] == list(range(1, 300))
@@ -99,4 +101,4 @@ async def test_append_many_beyond_one_insert_statement(target: Target) -> None:
     tree = await store.merkle_tree()
     assert tree.size == 299
     assert tree.root() == root_from_leaf_hashes([record_leaf_hash(r) for r in records])
-    assert (await store.append(make_draft(300), claim_digest=digests[150])).replayed
+    assert (await store.append(make_draft(300), claim=rk(digests[150]))).replayed

@@ -11,7 +11,7 @@ from pathlib import Path
 import proof_messenger.store
 from proof_messenger.audit.chain import verify_chain_async
 
-from .conftest import Target
+from .conftest import Target, rk
 
 WORKER = Path(__file__).with_name("append_worker.py")
 SRC = str(Path(proof_messenger.store.__file__).resolve().parents[2])
@@ -61,4 +61,4 @@ async def test_three_processes_share_one_database(target: Target, tmp_path: Path
     ]
     report = await verify_chain_async(store.iter_audit(), await store.chain_head())
     assert report.ok, report.problem
-    assert await store.is_claimed(bytes.fromhex(shared))
+    assert await store.is_claimed(rk(bytes.fromhex(shared)))

@@ -151,7 +151,7 @@ async def test_policy_approvals_count_each_subject_once(target: Target) -> None:
 async def test_policy_approval_commits_with_the_audit_row_or_not_at_all(target: Target) -> None:
     from proof_messenger.store.base import PolicyApproval
 
-    from .conftest import make_draft
+    from .conftest import make_draft, rk
 
     store = await target.store()
     tx = "a" * 43
@@ -161,22 +161,22 @@ async def test_policy_approval_commits_with_the_audit_row_or_not_at_all(target: 
 
     digest = b"\x01" * 32
     first = await store.append(
-        make_draft(1), claim_digest=digest, policy_approval=approval("alice", "p1")
+        make_draft(1), claim=rk(digest), policy_approval=approval("alice", "p1")
     )
     assert first.record is not None
     # A replay of the same proof writes neither an audit row nor an approval.
     replay = await store.append(
-        make_draft(2), claim_digest=digest, policy_approval=approval("bob", "p2")
+        make_draft(2), claim=rk(digest), policy_approval=approval("bob", "p2")
     )
     assert replay.replayed and replay.record is None
     # Concurrent approvals in one group-commit batch: distinct subjects both count,
     # a second approval by the same subject is accepted but not counted again.
     results = await asyncio.gather(
         store.append(
-            make_draft(3), claim_digest=b"\x03" * 32, policy_approval=approval("carol", "p3")
+            make_draft(3), claim=rk(b"\x03" * 32), policy_approval=approval("carol", "p3")
         ),
         store.append(
-            make_draft(4), claim_digest=b"\x04" * 32, policy_approval=approval("alice", "p4")
+            make_draft(4), claim=rk(b"\x04" * 32), policy_approval=approval("alice", "p4")
         ),
     )
     assert all(r.record is not None for r in results)

@@ -52,6 +52,7 @@ from ..store.base import (
     KeyRecord,
     OutboxEvent,
     PolicyApproval,
+    ReplayKey,
     Store,
 )
 from .config import Settings
@@ -63,6 +64,11 @@ __all__ = ["ClientInfo", "Outcome", "VerificationService", "new_event_id", "new_
 log = structlog.get_logger("proof_messenger.verify")
 _RESOLVED_MAX = 4096
 _json = msgspec.json.Encoder()
+
+
+def replay_key(parsed: ParsedProof) -> ReplayKey:
+    """The replay claim of a proof: its intent digest, placed by the same intent's exp."""
+    return ReplayKey(parsed.intent.exp, parsed.digest)
 
 
 #: The 80 bits after the timestamp: 74 random bits around the version (7) and variant (10).
@@ -232,7 +238,7 @@ class VerificationService:
                 # The exact assertion that was already accepted comes back with
                 # its (now stale) counter. That is a replay, not a cloned authenticator:
                 # report it as one instead of raising a false clone alarm.
-                if await self.store.is_claimed(parsed.digest):
+                if await self.store.is_claimed(replay_key(parsed)):
                     raise Replayed("this proof was already accepted") from None
                 raise
             if identity is not None and identity.sub != parsed.intent.sub:
@@ -253,7 +259,7 @@ class VerificationService:
                 found = await find(verified)
             if (
                 self.policy is not None or (self.approvals is not None and found is not None)
-            ) and await self.store.is_claimed(parsed.digest):
+            ) and await self.store.is_claimed(replay_key(parsed)):
                 raise Replayed("this proof was already accepted")
             binding = None
             if self.approvals is not None:
@@ -396,7 +402,7 @@ class VerificationService:
                         proof_id=vp.proof_id,
                     )
                     outbox = outbox_for("proof.verified", payload) if outbox_for else ()
-                    entries.append((draft, vp.digest, outbox))
+                    entries.append((draft, replay_key(vp.parsed), outbox))
                     planned.append((i, vp, payload))
                     continue
                 # A later copy of an intent accepted earlier in this call.
@@ -566,7 +572,7 @@ class VerificationService:
         self,
         draft: AuditDraft,
         *,
-        claim_digest: bytes | None = None,
+        claim: ReplayKey | None = None,
         outbox: list[OutboxEvent] | None = None,
         approval: ApprovalTransition | None = None,
         policy_approval: PolicyApproval | None = None,
@@ -576,7 +582,7 @@ class VerificationService:
         try:
             return await self.store.append(
                 draft,
-                claim_digest=claim_digest,
+                claim=claim,
                 outbox=outbox or (),
                 approval=approval,
                 policy_approval=policy_approval,
@@ -621,7 +627,7 @@ class VerificationService:
         # both commit in the same transaction as the audit row, or neither does.
         result = await self._append(
             draft,
-            claim_digest=verified.digest,
+            claim=replay_key(verified.parsed),
             outbox=outbox,
             approval=transition,
             policy_approval=getattr(policy_result, "approval_row", None),

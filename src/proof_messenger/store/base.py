@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from proof_messenger.audit.merkle import CompactTree
 from proof_messenger.audit.records import AuditDraft, AuditRecord, ChainHead
@@ -39,6 +39,7 @@ __all__ = [
     "OutboxEvent",
     "PolicyApproval",
     "RegistrationChallenge",
+    "ReplayKey",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -105,8 +106,24 @@ class AppendResult:
     transition_failed: bool = False
 
 
+class ReplayKey(NamedTuple):
+    """What a replay claim is keyed on: the intent digest, placed by the intent's ``exp``.
+
+    Replay is keyed on the digest (protocol check 7). ``exp`` is a field of the same signed
+    intent (the digest covers it), so two claims collide exactly when their digests do;
+    it is part of the stored key only for locality: the digest is random, so keyed on it
+    alone every claim landed on a random page of the replay index (one written page per
+    claim once the table outgrew the cache), while exp-first keys of concurrent proofs
+    sit together at the index's right edge, and expired claims form one key range.
+    Build it from the intent the digest was computed from, never from anything else.
+    """
+
+    exp: int  # the intent's exp (seconds since the epoch)
+    digest: bytes  # SHA-256 of the domain-separated intent
+
+
 #: One row of :meth:`Store.append_many`: the draft, its replay claim (or None), its outbox.
-AppendEntry = tuple[AuditDraft, bytes | None, Sequence[OutboxEvent]]
+AppendEntry = tuple[AuditDraft, ReplayKey | None, Sequence[OutboxEvent]]
 
 
 # --- approval requests ----------------------------------------------------------------
@@ -335,23 +352,27 @@ class Store(Protocol):
     async def revoke_api_key(self, key_id: str, at: float) -> bool: ...
 
     # --- replay + audit --------------------------------------------------------------------------
-    async def is_claimed(self, digest: bytes) -> bool:
-        """Fast pre-check for check 7; the binding decision is made in :meth:`append`."""
+    async def is_claimed(self, key: ReplayKey) -> bool:
+        """Fast pre-check for check 7; the binding decision is made in :meth:`append`.
+
+        True also for a digest claimed before claims were keyed by ``exp`` (migration
+        0006 keeps those claims in ``replay_v1``)."""
         ...
 
     async def append(
         self,
         draft: AuditDraft,
         *,
-        claim_digest: bytes | None = None,
+        claim: ReplayKey | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
         policy_approval: PolicyApproval | None = None,  # policy engine
     ) -> AppendResult:
         """Durably append one audit row (group-committed with concurrent callers).
 
-        With ``claim_digest``, the digest is inserted into the replay table in the same
-        transaction; if it is already there, nothing is written and ``replayed`` is True.
+        With ``claim``, the claim is inserted into the replay table in the same
+        transaction; if its digest is already claimed (also a claim from before migration
+        0006), nothing is written and ``replayed`` is True.
         With ``approval``, the transition's compare-and-set runs in the same transaction;
         if it fails, nothing is written and ``transition_failed`` is True.
 
@@ -365,7 +386,7 @@ class Store(Protocol):
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         """Append many rows in ONE transaction (one group-commit submission), in order.
 
-        Each entry behaves like :meth:`append` with its ``claim_digest`` and ``outbox``
+        Each entry behaves like :meth:`append` with its ``claim`` and ``outbox``
         (no approval or policy row): a claim already taken, also by an earlier entry of
         the same call, writes nothing for that entry and reports ``replayed``. Returns
         the results in the entries' order, only after the transaction has committed.

@@ -27,6 +27,7 @@ from .base import (
     AuditDraft,
     OutboxEvent,
     PolicyApproval,
+    ReplayKey,
     StoreError,
     StoreUnavailable,
 )
@@ -52,7 +53,7 @@ def check_draft(draft: AuditDraft) -> None:
 @dataclass(slots=True)
 class PendingAppend:
     draft: AuditDraft
-    claim_digest: bytes | None
+    claim: ReplayKey | None
     outbox: Sequence[OutboxEvent]
     future: asyncio.Future[AppendResult] = field(repr=False)
     # an approval compare-and-set run in the batch's transaction with this row.
@@ -128,7 +129,7 @@ class GroupCommitter:
     async def submit(
         self,
         draft: AuditDraft,
-        claim_digest: bytes | None,
+        claim: ReplayKey | None,
         outbox: Sequence[OutboxEvent],
         approval: ApprovalTransition | None = None,
         policy_approval: PolicyApproval | None = None,
@@ -136,9 +137,7 @@ class GroupCommitter:
         self._check_open()
         check_draft(draft)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue(
-            [PendingAppend(draft, claim_digest, tuple(outbox), future, approval, policy_approval)]
-        )
+        self._queue([PendingAppend(draft, claim, tuple(outbox), future, approval, policy_approval)])
         return await future
 
     async def submit_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
@@ -154,9 +153,9 @@ class GroupCommitter:
             return []
         create = asyncio.get_running_loop().create_future
         group: list[PendingAppend] = []
-        for draft, claim_digest, outbox in entries:
+        for draft, claim, outbox in entries:
             check_draft(draft)
-            group.append(PendingAppend(draft, claim_digest, tuple(outbox), create()))
+            group.append(PendingAppend(draft, claim, tuple(outbox), create()))
         self._queue(group)
         try:
             # All futures of a group are resolved by the same commit: after the first

@@ -2,9 +2,10 @@
 
 * Chain: each group-commit batch locks the single ``chain_head`` row (``SELECT ... FOR
   UPDATE``), so batches from different processes serialise and the chain never forks.
-* Replay: ``replay.digest`` is the PRIMARY KEY; a batch claims its digests with one
-  ``INSERT ... ON CONFLICT DO NOTHING RETURNING digest`` in the same transaction as the
-  audit rows, so an accepted proof is written exactly once or not at all.
+* Replay: ``replay (exp, digest)`` is the PRIMARY KEY (``ReplayKey``); a batch claims its
+  keys with one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` in the same transaction as
+  the audit rows, so an accepted proof is written exactly once or not at all. A digest
+  claimed before migration 0006 (``replay_v1``, digest only) is never claimed again.
 * Reads of the audit log may go to replicas (``replica_dsns``), falling back to the primary.
 """
 
@@ -88,6 +89,7 @@ from .base import (
     OutboxEvent,
     PolicyApproval,
     RegistrationChallenge,
+    ReplayKey,
     StoreError,
     StoreUnavailable,
     WebhookDelivery,
@@ -132,22 +134,31 @@ _CLAIM_DUE_DELIVERIES = (
     + TASK_FROM
     + " JOIN leased l ON l.id = d.id ORDER BY d.next_attempt_at"
 )
-# Group commit, round trip 2 of 4: lock the chain head, claim the batch's digests (ON
-# CONFLICT: a digest already there is a replay) and ask whether any webhook subscription is
+# Group commit, round trip 2 of 4: lock the chain head, claim the batch's keys (ON
+# CONFLICT: a key already there is a replay; so is a digest claimed before migration 0006,
+# in replay_v1, which nothing writes any more) and ask whether any webhook subscription is
 # live. The claim's WHERE reads the locked head, so the head row is locked before any
 # digest is claimed, as when they were two statements: two processes claiming the same
 # digest queue on the head first and cannot deadlock.
 _LOCK_AND_CLAIM = (
     "WITH head AS (SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1 "
     "FOR UPDATE), "
-    "claimed AS (INSERT INTO replay (digest, accepted_at, event_id) "
-    "SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) "
+    "claimed AS (INSERT INTO replay (exp, digest, accepted_at, event_id) "
+    "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[]) "
+    "AS c (exp, digest, accepted_at, event_id) "
     "WHERE EXISTS (SELECT 1 FROM head) "
-    "ON CONFLICT (digest) DO NOTHING RETURNING digest) "
+    "AND NOT EXISTS (SELECT 1 FROM replay_v1 l WHERE l.digest = c.digest) "
+    "ON CONFLICT (exp, digest) DO NOTHING RETURNING exp, digest) "
     "SELECT seq, entry_hash, merkle_frontier, ARRAY(SELECT digest FROM claimed), "
+    "ARRAY(SELECT exp FROM claimed), "
     "ARRAY(SELECT events FROM webhook_subscriptions WHERE deleted_at IS NULL) FROM head"
 )
 assert LIVE_SUBSCRIPTION_EVENTS in _LOCK_AND_CLAIM
+#: A claim (exp, digest), or its digest claimed before migration 0006 (replay_v1).
+_IS_CLAIMED = (
+    "SELECT EXISTS (SELECT 1 FROM replay WHERE exp = $1 AND digest = $2) "
+    "OR EXISTS (SELECT 1 FROM replay_v1 WHERE digest = $2)"
+)
 # Round trip 3 of 4: the batch's audit rows, the Merkle nodes it completes, its outbox
 # rows (empty arrays insert nothing) and the new chain head, in one statement.
 _WRITE_BATCH = (
@@ -565,20 +576,20 @@ class PostgresStore:
 
     # --- replay + audit ------------------------------------------------------------------------
 
-    async def is_claimed(self, digest: bytes) -> bool:
+    async def is_claimed(self, key: ReplayKey) -> bool:
         async with self._conn("is_claimed") as con:
-            return bool(await con.fetchval("SELECT 1 FROM replay WHERE digest = $1", digest))
+            return bool(await con.fetchval(_IS_CLAIMED, key.exp, key.digest))
 
     async def append(
         self,
         draft: AuditDraft,
         *,
-        claim_digest: bytes | None = None,
+        claim: ReplayKey | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
         policy_approval: PolicyApproval | None = None,  # policy engine
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
+        return await self._committer.submit(draft, claim, outbox, approval, policy_approval)
 
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         return await self._committer.submit_many(entries)
@@ -592,19 +603,20 @@ class PostgresStore:
         read the event types live webhook subscriptions want (_LOCK_AND_CLAIM); every row of the
         batch + the new head (_WRITE_BATCH); COMMIT. Approval transitions and N-of-M
         approval rows (rare) add their own statements."""
-        # Within the batch the first claimant of a digest wins; later ones are replays.
-        seen: set[bytes] = set()
-        claims: list[PendingAppend] = []
+        # Within the batch the first claimant of a key wins; later ones are replays.
+        seen: set[ReplayKey] = set()
+        claims: list[tuple[ReplayKey, PendingAppend]] = []
         for item in batch:
-            if item.claim_digest is not None and item.claim_digest not in seen:
-                seen.add(item.claim_digest)
-                claims.append(item)
+            if item.claim is not None and item.claim not in seen:
+                seen.add(item.claim)
+                claims.append((item.claim, item))
         async with self._conn("audit append") as con, con.transaction():
             head = await con.fetchrow(
                 _LOCK_AND_CLAIM,
-                [c.claim_digest for c in claims],
-                [time_to_micros(c.draft.time) for c in claims],
-                [c.draft.event_id for c in claims],
+                [k.exp for k, _ in claims],
+                [k.digest for k, _ in claims],
+                [time_to_micros(c.draft.time) for _, c in claims],
+                [c.draft.event_id for _, c in claims],
             )
             if head is None:
                 raise StoreUnavailable("chain head missing: database not migrated")
@@ -613,10 +625,10 @@ class PostgresStore:
                 raise StoreError(
                     f"Merkle frontier has {tree.size} leaves but the chain has {head[0]} rows"
                 )
-            won = {bytes(d) for d in head[3]}
+            won = {ReplayKey(int(e), bytes(d)) for d, e in zip(head[3], head[4], strict=True)}
             # Outbox rows only for event types a live subscription wants (see
             # LIVE_SUBSCRIPTION_EVENTS): with no subscription, no outbox write at all.
-            wanted = {t for events in head[4] for t in json.loads(events)}
+            wanted = {t for events in head[5] for t in json.loads(events)}
             seq, prev_hash = int(head[0]), bytes(head[1])
             results: list[AppendResult] = []
             records: list[AuditRecord] = []
@@ -624,20 +636,22 @@ class PostgresStore:
             outbox_rows: list[tuple[str, str, bytes, float]] = []
             approval_rows: list[tuple[Any, ...]] = []  # policy engine
             for item in batch:
-                digest = item.claim_digest
-                if digest is not None:
-                    if digest not in won:
+                claim = item.claim
+                if claim is not None:
+                    if claim not in won:
                         results.append(AppendResult(record=None, replayed=True))
                         continue
-                    won.discard(digest)  # a second item with this digest is a replay
+                    won.discard(claim)  # a second item with this key is a replay
                 if item.approval is not None:  # approval CAS, atomic with this row
                     status = await con.execute(
                         transition_sql(item.approval, "postgres"),
                         *transition_args(item.approval, item.draft.event_id),
                     )
                     if status != "UPDATE 1":
-                        if digest is not None:
-                            await con.execute("DELETE FROM replay WHERE digest = $1", digest)
+                        if claim is not None:  # give the claim back: the row is not written
+                            await con.execute(
+                                "DELETE FROM replay WHERE exp = $1 AND digest = $2", *claim
+                            )
                         results.append(AppendResult(record=None, transition_failed=True))
                         continue
                 record, entry = seal_entry(seq + 1, prev_hash, item.draft)

@@ -99,6 +99,7 @@ from .base import (
     OutboxEvent,
     PolicyApproval,
     RegistrationChallenge,
+    ReplayKey,
     StoreError,
     StoreUnavailable,
     WebhookDelivery,
@@ -216,6 +217,10 @@ class SQLiteStore:
         self._key_cache: RecordCache[str, KeyRecord] | None = None
         self._api_key_cache: RecordCache[str, ApiKeyRecord] | None = None
         self._nonce_filter: NonceFilter | None = None
+        #: Whether ``replay_v1`` (claims from before migration 0006) holds any row; None
+        #: until first needed. Nothing writes that table after 0006 created it, so once
+        #: seen empty it stays empty, and claims then skip looking digests up in it.
+        self._legacy_claims: bool | None = None
         self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -456,7 +461,10 @@ class SQLiteStore:
                 applied.append(migration.name)
             return applied
 
-        return await self._write(apply)
+        applied = await self._write(apply)
+        if applied:
+            self._legacy_claims = None  # 0006 may just have moved claims to replay_v1
+        return applied
 
     async def is_ready(self) -> bool:
         wanted = {m.name for m in load_migrations("sqlite")}
@@ -635,22 +643,32 @@ class SQLiteStore:
 
     # --- replay + audit ------------------------------------------------------------------------
 
-    async def is_claimed(self, digest: bytes) -> bool:
-        row = await self._lookup(
-            lambda con: con.execute("SELECT 1 FROM replay WHERE digest = ?", (digest,)).fetchone()
-        )
-        return row is not None
+    async def is_claimed(self, key: ReplayKey) -> bool:
+        def query(con: sqlite3.Connection) -> Any:
+            if self._has_legacy_claims(con):
+                return con.execute(_IS_CLAIMED_OR_LEGACY, (*key, key.digest)).fetchone()
+            return con.execute(_IS_CLAIMED, key).fetchone()
+
+        return await self._lookup(query) is not None
+
+    def _has_legacy_claims(self, con: sqlite3.Connection) -> bool:
+        """Whether ``replay_v1`` holds claims from before migration 0006 (see
+        ``_legacy_claims``); read once per store, on the first claim after migrating."""
+        if self._legacy_claims is None:
+            row = con.execute("SELECT EXISTS (SELECT 1 FROM replay_v1)").fetchone()
+            self._legacy_claims = bool(row[0])
+        return self._legacy_claims
 
     async def append(
         self,
         draft: AuditDraft,
         *,
-        claim_digest: bytes | None = None,
+        claim: ReplayKey | None = None,
         outbox: Sequence[OutboxEvent] = (),
         approval: ApprovalTransition | None = None,
         policy_approval: PolicyApproval | None = None,  # policy engine
     ) -> AppendResult:
-        return await self._committer.submit(draft, claim_digest, outbox, approval, policy_approval)
+        return await self._committer.submit(draft, claim, outbox, approval, policy_approval)
 
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         return await self._committer.submit_many(entries)
@@ -669,7 +687,12 @@ class SQLiteStore:
             batch = take()
             if not batch:
                 return []
-            return self._write_txn(functools.partial(_commit_batch_sync, batch=batch))
+            legacy = any(item.claim is not None for item in batch) and self._has_legacy_claims(
+                self._writer_con()
+            )
+            return self._write_txn(
+                functools.partial(_commit_batch_sync, batch=batch, legacy_claims=legacy)
+            )
         finally:
             self._end_turn()
 
@@ -1084,7 +1107,8 @@ class SQLiteStore:
                     ).fetchone()
                 else:
                     row = con.execute(
-                        "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, idx)
+                        "SELECT hash FROM merkle_nodes WHERE last_leaf = ? AND level = ?",
+                        (_last_leaf(level, idx), level),
                     ).fetchone()
                 if row is not None and row[0] is not None:
                     found[(level, idx)] = bytes(row[0])
@@ -1153,8 +1177,13 @@ class SQLiteStore:
     # --- end Merkle log ------------------------------------------------------------------------
 
 
-def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> list[AppendResult]:
-    """One group-commit batch inside the caller's BEGIN IMMEDIATE transaction."""
+def _commit_batch_sync(
+    con: sqlite3.Connection, batch: list[PendingAppend], legacy_claims: bool = True
+) -> list[AppendResult]:
+    """One group-commit batch inside the caller's BEGIN IMMEDIATE transaction.
+
+    ``legacy_claims``: whether ``replay_v1`` may hold claims from before migration 0006
+    (False only when the store has seen it empty: nothing writes it any more)."""
     head = con.execute(
         "SELECT seq, entry_hash, merkle_frontier FROM chain_head WHERE id = 1"
     ).fetchone()
@@ -1172,31 +1201,42 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
     audit_rows: list[tuple[Any, ...]] = []
     outbox_rows: list[tuple[Any, ...]] = []
     policy_rows: list[tuple[Any, ...]] = []
+    # Digests claimed before migration 0006 (replay_v1) are replays whatever their exp.
+    legacy = (
+        _legacy_claimed(con, [i.claim.digest for i in batch if i.claim is not None])
+        if legacy_claims
+        else frozenset()
+    )
     # Replay claims: all at once, unless an approval transition is in the batch (a failed
     # compare-and-set gives its claim back, so claims must then run row by row, in order).
-    won = None if any(item.approval is not None for item in batch) else _claim_all(con, batch)
+    won = (
+        None if any(item.approval is not None for item in batch) else _claim_all(con, batch, legacy)
+    )
     for item in batch:
         draft = item.draft
-        if item.claim_digest is not None:
+        claim = item.claim
+        if claim is not None:
             if won is not None:
                 if draft.event_id not in won:
                     results.append(AppendResult(record=None, replayed=True))
                     continue
-            else:
-                cur = con.execute(
-                    _CLAIM_ONE, (item.claim_digest, time_to_micros(draft.time), draft.event_id)
-                )
-                if cur.rowcount != 1:
-                    results.append(AppendResult(record=None, replayed=True))
-                    continue
+            elif (
+                claim.digest in legacy
+                or con.execute(
+                    _CLAIM_ONE, (*claim, time_to_micros(draft.time), draft.event_id)
+                ).rowcount
+                != 1
+            ):
+                results.append(AppendResult(record=None, replayed=True))
+                continue
         if item.approval is not None:  # approval CAS, atomic with this row
             cur = con.execute(
                 transition_sql(item.approval, "sqlite"),
                 transition_args(item.approval, draft.event_id),
             )
             if cur.rowcount != 1:
-                if item.claim_digest is not None:
-                    con.execute("DELETE FROM replay WHERE digest = ?", (item.claim_digest,))
+                if claim is not None:  # give the claim back: the row is not written
+                    con.execute("DELETE FROM replay WHERE exp = ? AND digest = ?", claim)
                 results.append(AppendResult(record=None, transition_failed=True))
                 continue
         record, entry = seal_entry(seq + 1, prev_hash, draft)
@@ -1223,7 +1263,7 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
     _insert_many(con, _INSERT_OUTBOX, outbox_rows)
     _insert_many(con, _INSERT_POLICY_APPROVAL, policy_rows)
     tree, nodes = _merkle.extend_tree(tree, leaves)
-    _insert_many(con, _INSERT_MERKLE_NODE, nodes)
+    _insert_many(con, _INSERT_MERKLE_NODE, [(_last_leaf(lv, i), lv, h) for lv, i, h in nodes])
     con.execute(
         "UPDATE chain_head SET seq = ?, entry_hash = ?, merkle_frontier = ? WHERE id = 1",
         (seq, prev_hash, tree.to_bytes()),
@@ -1232,32 +1272,69 @@ def _commit_batch_sync(con: sqlite3.Connection, batch: list[PendingAppend]) -> l
 
 
 _CLAIM_ONE = (
-    "INSERT INTO replay (digest, accepted_at, event_id) VALUES (?, ?, ?) "
-    "ON CONFLICT (digest) DO NOTHING"
+    "INSERT INTO replay (exp, digest, accepted_at, event_id) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (exp, digest) DO NOTHING"
 )
-_CLAIMED_BY = "SELECT event_id FROM replay WHERE digest IN ("
-_INSERT_MERKLE_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
+_CLAIMED_BY = "SELECT event_id FROM replay WHERE exp = ? AND digest = ?"
+_IS_CLAIMED = "SELECT 1 FROM replay WHERE exp = ? AND digest = ?"
+#: A claim (exp, digest), or its digest claimed before migration 0006 (replay_v1).
+_IS_CLAIMED_OR_LEGACY = (
+    "SELECT 1 FROM replay WHERE exp = ? AND digest = ? "
+    "UNION ALL SELECT 1 FROM replay_v1 WHERE digest = ? LIMIT 1"
+)
+_LEGACY_CLAIMED = "SELECT digest FROM replay_v1 WHERE digest IN ("
+_INSERT_MERKLE_NODE = "INSERT INTO merkle_nodes (last_leaf, level, hash) VALUES (?, ?, ?)"
 
 
-def _claim_all(con: sqlite3.Connection, batch: list[PendingAppend]) -> set[str]:
-    """Claim every digest of the batch; return the event ids whose claim won.
+def _last_leaf(level: int, idx: int) -> int:
+    """The key of node (level, idx) in ``merkle_nodes`` (migration 0007): the index of the
+    last leaf it covers. The nodes a batch completes all end inside the batch, so they are
+    inserted next to each other instead of at one right edge per level."""
+    return ((idx + 1) << level) - 1
 
-    Within the batch the first claimant of a digest wins (rows insert in order). Usually
-    every claim wins, which the row count shows; only otherwise are the winners read back.
+
+def _legacy_claimed(con: sqlite3.Connection, digests: list[bytes]) -> frozenset[bytes]:
+    """The digests among ``digests`` claimed before migration 0006 (kept in ``replay_v1``).
+
+    Power-of-two chunks, as in :func:`_insert_many`: few distinct statements to prepare.
+    Usually (and always on a database created after 0006) the table is empty or holds none
+    of them: a read of a few pages, no write.
+    """
+    if not digests:
+        return frozenset()
+    found: set[bytes] = set()
+    limit = _chunk_size(con, 1)
+    start = 0
+    while start < len(digests):
+        n = min(limit, 1 << ((len(digests) - start).bit_length() - 1))
+        sql = _LEGACY_CLAIMED + ",".join("?" * n) + ")"
+        found.update(bytes(d) for (d,) in con.execute(sql, digests[start : start + n]))
+        start += n
+    return frozenset(found)
+
+
+def _claim_all(
+    con: sqlite3.Connection, batch: list[PendingAppend], legacy: frozenset[bytes]
+) -> set[str]:
+    """Claim every claim of the batch; return the event ids whose claim won.
+
+    Within the batch the first claimant of a key wins (rows insert in order); a digest in
+    ``legacy`` (claimed before migration 0006) is not claimed again and never wins.
+    Usually every claim wins, which the row count shows; only otherwise are the winners
+    read back, one primary-key read each.
     """
     claims = [
-        (item.claim_digest, time_to_micros(item.draft.time), item.draft.event_id)
+        (*item.claim, time_to_micros(item.draft.time), item.draft.event_id)
         for item in batch
-        if item.claim_digest is not None
+        if item.claim is not None and item.claim.digest not in legacy
     ]
     if _insert_many(con, _CLAIM_ONE, claims) == len(claims):
-        return {event_id for _, _, event_id in claims}
+        return {event_id for _, _, _, event_id in claims}
     won: set[str] = set()
-    step = _chunk_size(con, 1)
-    for start in range(0, len(claims), step):
-        digests = [digest for digest, _, _ in claims[start : start + step]]
-        sql = _CLAIMED_BY + ",".join("?" * len(digests)) + ")"
-        won.update(event_id for (event_id,) in con.execute(sql, digests))
+    for exp, digest in dict.fromkeys((c[0], c[1]) for c in claims):
+        row = con.execute(_CLAIMED_BY, (exp, digest)).fetchone()
+        if row is not None:
+            won.add(row[0])
     return won
 
 
@@ -1298,7 +1375,11 @@ def _multi_row_sql(head: str, values: str, conflict: str, n: int) -> str:
 
 
 def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
-    """Recompute leaf hashes, nodes and frontier from the rows in seq order (backfill)."""
+    """Recompute leaf hashes, nodes and frontier from the rows in seq order (backfill).
+
+    Runs inside migration 0002, on ``merkle_nodes`` as 0002 creates it (keyed by level,
+    idx; 0007 re-keys it afterwards), and on the current table (tests rebuild a tree)."""
+    by_last = any(r[1] == "last_leaf" for r in con.execute("PRAGMA table_info(merkle_nodes)"))
     con.execute("DELETE FROM merkle_nodes")
     tree = CompactTree()
     last = 0
@@ -1313,7 +1394,10 @@ def _rebuild_merkle_sync(con: sqlite3.Connection) -> int:
             [(leaf, r.seq) for leaf, r in zip(leaves, chunk, strict=True)],
         )
         tree, nodes = _merkle.extend_tree(tree, leaves)
-        con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        if by_last:
+            con.executemany(_INSERT_MERKLE_NODE, [(_last_leaf(lv, i), lv, h) for lv, i, h in nodes])
+        else:
+            con.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
         last = chunk[-1].seq
     con.execute("UPDATE chain_head SET merkle_frontier = ? WHERE id = 1", (tree.to_bytes(),))
     return tree.size
