@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from proof_messenger.audit.errors import CheckpointError, LogKeyError
+from proof_messenger.audit.keyfiles import create_secret_file
 
 __all__ = [
     "ALG_ED25519",
@@ -402,15 +403,11 @@ def generate_log_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         serialization.NoEncryption(),
     )
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_secret_file(p, pem)
     except FileExistsError:
         raise LogKeyError(f"{p} already exists; refusing to overwrite a log key") from None
     except OSError as exc:
         raise LogKeyError(f"cannot create log key file {p}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
     return key
 
 

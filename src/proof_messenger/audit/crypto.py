@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proof_messenger.audit.errors import DecryptionError, MasterKeyError
+from proof_messenger.audit.keyfiles import create_secret_file
 from proof_messenger.audit.primitives import (
     GCM_NONCE_SIZE,
     GCM_TAG_SIZE,
@@ -240,15 +241,11 @@ def generate_master_key_file(path: str | os.PathLike[str], key_id: str | None = 
     p = Path(path)
     key = MasterKey.generate(key_id)
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_secret_file(p, (_FILE_HEADER + format_master_key_line(key)).encode("utf-8"))
     except FileExistsError:
         raise MasterKeyError(f"{p} already exists; refusing to overwrite a master key") from None
     except OSError as exc:
         raise MasterKeyError(f"cannot create master key file {p}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(_FILE_HEADER + format_master_key_line(key))
-        fh.flush()
-        os.fsync(fh.fileno())
     return key.key_id
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from ..audit.crypto import Keyring, generate_master_key_file, load_keyring
+from ..audit.errors import MasterKeyError
 from ..store import open_store
 from ..store.base import Store
 from .config import Settings
@@ -27,13 +28,18 @@ def load_or_create_keyring(path: str) -> Keyring:
     file = Path(path)
     if not file.exists():
         file.parent.mkdir(parents=True, exist_ok=True)
-        key_id = generate_master_key_file(file)
-        log.warning(
-            "master_key.generated",
-            path=str(file),
-            key_id=key_id,
-            hint="back this file up: audit contexts cannot be decrypted without it",
-        )
+        try:
+            key_id = generate_master_key_file(file)
+        except MasterKeyError:
+            if not file.exists():  # lost a creation race otherwise: load the winner's key
+                raise
+        else:
+            log.warning(
+                "master_key.generated",
+                path=str(file),
+                key_id=key_id,
+                hint="back this file up: audit contexts cannot be decrypted without it",
+            )
     keyring = load_keyring(file)
     for warning in keyring.warnings:
         log.warning("master_key.permissions", path=str(file), detail=warning)
