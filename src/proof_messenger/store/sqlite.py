@@ -332,15 +332,7 @@ class SQLiteStore:
         with self._write_mutex, self._process_lock():
             con = self._writer_con()
             con.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(con)
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    # If even ROLLBACK fails the next BEGIN will say so; nothing is kept.
-                    with contextlib.suppress(sqlite3.Error):
-                        con.execute("ROLLBACK")
-                raise
+            result = _finish_txn(con, fn)
             if bump is not None and self._generations is not None:
                 self._generations.bump(bump)
         return result
@@ -373,34 +365,43 @@ class SQLiteStore:
         non-blocking inline commits of other processes (``_commit_inline``) yield to it.
         """
         try:
-            if self._lock_fd is None:
-                self._lock_fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
-            wait_fd = self._wait_fd()
+            lock_fd, wait_fd = self._lock_files()
             fcntl.flock(wait_fd, fcntl.LOCK_SH)
             try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
             finally:
                 fcntl.flock(wait_fd, fcntl.LOCK_UN)
         except OSError as exc:
             raise StoreUnavailable(f"cannot lock {self.path}-writelock: {exc}") from exc
-        return self._lock_fd
+        return lock_fd
 
-    def _wait_fd(self) -> int:
+    def _lock_files(self) -> tuple[int, int]:
+        """The fds of ``<db>-writelock`` and ``<db>-writewait``, opened on first use."""
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
         if self._wait_lock_fd is None:
             self._wait_lock_fd = os.open(self.path + "-writewait", os.O_RDWR | os.O_CREAT, 0o600)
-        return self._wait_lock_fd
+        return self._lock_fd, self._wait_lock_fd
 
     async def _run(self, executor: ThreadPoolExecutor | None, fn: Callable[[], T]) -> T:
         if executor is None:
             raise StoreUnavailable("store is not open")
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+            with self._store_errors():
+                return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except RuntimeError as exc:  # executor shut down under us
+            raise StoreUnavailable(f"store closed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """SQLite's exceptions as the store's: a constraint is a StoreError, anything else
+        means the database is unavailable."""
+        try:
+            yield
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"SQLite constraint violated: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
-        except RuntimeError as exc:  # executor shut down under us
-            raise StoreUnavailable(f"store closed: {exc}") from exc
 
     async def _on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -728,58 +729,38 @@ class SQLiteStore:
             return None
         try:
             try:
-                if self._lock_fd is None:
-                    self._lock_fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
-                wait_fd = self._wait_fd()
+                lock_fd, wait_fd = self._lock_files()
                 fcntl.flock(wait_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails if anyone waits
                 fcntl.flock(wait_fd, fcntl.LOCK_UN)
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None
             except OSError as exc:
                 raise StoreUnavailable(f"cannot lock {self.path}-writelock: {exc}") from exc
             try:
-                return self._commit_inline_locked(take)
+                with self._store_errors():
+                    return self._commit_inline_locked(take)
             finally:
                 with contextlib.suppress(OSError):
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
         finally:
             self._write_mutex.release()
 
     def _commit_inline_locked(
         self, take: Callable[[], list[PendingAppend]]
     ) -> list[AppendResult] | None:
+        con = self._writer_con()
+        con.execute("PRAGMA busy_timeout = 0")
         try:
-            con = self._writer_con()
-            con.execute("PRAGMA busy_timeout = 0")
-            try:
-                con.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                # BUSY and its extended codes (primary code in the low byte).
-                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
-                    return None
-                raise
-            finally:
-                con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            try:
-                batch = take()
-                results: list[AppendResult] = []
-                if batch:
-                    legacy = any(
-                        item.claim is not None for item in batch
-                    ) and self._has_legacy_claims(con)
-                    results = _commit_batch_sync(con, batch, legacy_claims=legacy)
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        con.execute("ROLLBACK")
-                raise
-            return results
-        except sqlite3.IntegrityError as exc:
-            raise StoreError(f"SQLite constraint violated: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite database {self.path!r}: {exc}") from exc
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            # BUSY and its extended codes (primary code in the low byte).
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                return None
+            raise
+        finally:
+            con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        return _finish_txn(con, lambda con: self._write_batch(con, take()))
 
     def _commit_turn(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
         """On the writer thread: wait for the cross-process write lock, THEN take the batch
@@ -796,14 +777,18 @@ class SQLiteStore:
             batch = take()
             if not batch:
                 return []
-            legacy = any(item.claim is not None for item in batch) and self._has_legacy_claims(
-                self._writer_con()
-            )
-            return self._write_txn(
-                functools.partial(_commit_batch_sync, batch=batch, legacy_claims=legacy)
-            )
+            return self._write_txn(functools.partial(self._write_batch, batch=batch))
         finally:
             self._end_turn()
+
+    def _write_batch(
+        self, con: sqlite3.Connection, batch: list[PendingAppend]
+    ) -> list[AppendResult]:
+        """A group-commit batch inside the caller's transaction (both commit paths)."""
+        if not batch:
+            return []
+        legacy = any(item.claim is not None for item in batch) and self._has_legacy_claims(con)
+        return _commit_batch_sync(con, batch, legacy_claims=legacy)
 
     def _end_turn(self) -> None:
         if self._turn_held:
@@ -1284,6 +1269,21 @@ class SQLiteStore:
         return await self._write(add)
 
     # --- end Merkle log ------------------------------------------------------------------------
+
+
+def _finish_txn(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """The body of a transaction the caller began: ``fn``, then COMMIT, or ROLLBACK on
+    any failure."""
+    try:
+        result = fn(con)
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            # If even ROLLBACK fails the next BEGIN will say so; nothing is kept.
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _commit_batch_sync(
