@@ -88,6 +88,27 @@ def claim(t: float) -> Any:
     return ReplayKey(digest=digest, exp=int(t) + LIFETIME)
 
 
+class Appender:
+    """Appends ``BATCH``-row commits through ``store.append_many``, as the relay's group
+    commit does: rows over random subjects, 90 % accepted with a replay claim. ``store``
+    may be swapped (a reopened store); the row counter goes on."""
+
+    def __init__(self, store: Any, rng: random.Random, subs: list[str]) -> None:
+        self.store, self.rng, self.subs, self.rows = store, rng, subs, 0
+
+    async def __call__(self, commits: int) -> None:
+        rng, subs = self.rng, self.subs
+        for _ in range(commits):
+            entries = []
+            for _ in range(BATCH):
+                self.rows += 1
+                t = time.time()
+                accepted = rng.random() < 0.9
+                d = draft(self.rows, t, subs[rng.randrange(len(subs))], accepted)
+                entries.append((d, claim(t) if accepted else None, ()))
+            await self.store.append_many(entries)
+
+
 def prefill_sql(path: str, n: int, subs: list[str], rng: random.Random) -> None:
     """``n`` plausible audit rows, their replay claims and Merkle nodes, by direct SQL."""
     con = sqlite3.connect(path, isolation_level=None)
@@ -185,23 +206,11 @@ async def measure(prefill: int, args: argparse.Namespace) -> dict[str, float]:
         store = SQLiteStore(path)
         await store.open()
         await store.migrate()
-        counter = [0]
-
-        async def append(commits: int) -> None:
-            for _ in range(commits):
-                entries = []
-                for _ in range(BATCH):
-                    counter[0] += 1
-                    t = time.time()
-                    accepted = rng.random() < 0.9
-                    d = draft(counter[0], t, subs[rng.randrange(len(subs))], accepted)
-                    entries.append((d, claim(t) if accepted else None, ()))
-                await store.append_many(entries)
-
+        append = Appender(store, rng, subs)
         if prefill >= args.sql_above:
             await store.close()
             prefill_sql(path, prefill, subs, rng)
-            store = SQLiteStore(path)
+            store = append.store = SQLiteStore(path)
             await store.open()
         else:
             await append(prefill // BATCH)

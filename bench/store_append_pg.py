@@ -27,7 +27,7 @@ import time
 import uuid
 
 import asyncpg
-from store_append import BATCH, LIFETIME, claim, draft
+from store_append import BATCH, LIFETIME, Appender
 
 from proof_messenger.audit.merkle import CompactTree
 from proof_messenger.store import _merkle
@@ -85,19 +85,7 @@ async def measure(admin_dsn: str, n: int, commits: int) -> str:
         await prefill(con, n)
         rng = random.Random(n)
         subs = [f"user-{i}" for i in range(10_000)]
-        counter = [0]
-
-        async def append(count: int) -> None:
-            for _ in range(count):
-                entries = []
-                for _ in range(BATCH):
-                    counter[0] += 1
-                    t = time.time()
-                    accepted = rng.random() < 0.9
-                    d = draft(counter[0], t, subs[rng.randrange(len(subs))], accepted)
-                    entries.append((d, claim(t) if accepted else None, ()))
-                await store.append_many(entries)
-
+        append = Appender(store, rng, subs)
         await append(20)
         await con.execute("CHECKPOINT")
         lsn0 = await con.fetchval("SELECT pg_current_wal_insert_lsn()")
