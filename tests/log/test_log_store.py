@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import asyncio
 
-from proof_messenger.audit.chain import entry_bytes
 from proof_messenger.audit.merkle import (
     consistency_proof,
     consistency_proof_from,
     inclusion_proof,
     inclusion_proof_from,
-    leaf_hash,
     root_from_leaf_hashes,
     verify_consistency,
     verify_inclusion,
 )
 from proof_messenger.store import _merkle
-from proof_messenger.store.base import Store
-from tests.store.conftest import Target, make_draft
-
-
-async def _leaves(store: Store) -> list[bytes]:
-    return [leaf_hash(entry_bytes(r.seq, r.draft)) async for r in store.iter_audit()]
+from tests.store.conftest import Target, leaf_hashes, make_draft
 
 
 async def test_concurrent_batches_keep_tree_equal_to_reference(target: Target) -> None:
     a = await target.store()
     b = await target.store()  # a second relay instance on the same database
     await asyncio.gather(*(s.append(make_draft(i)) for i, s in enumerate([a, b] * 37)))
-    leaves = await _leaves(a)
+    leaves = await leaf_hashes(a)
     assert len(leaves) == 74
     for s in (a, b):
         tree = await s.merkle_tree()
@@ -72,7 +65,7 @@ async def test_frontier_and_checkpoints_persist_across_reopen(target: Target) ->
     assert await t.get_checkpoint(12) is None
     assert [k.key_id for k in await t.log_key_history()] == ["k1"]
     await t.append(make_draft(99))
-    assert (await t.merkle_tree()).root() == root_from_leaf_hashes(await _leaves(t))
+    assert (await t.merkle_tree()).root() == root_from_leaf_hashes(await leaf_hashes(t))
 
 
 async def test_migration_backfills_existing_rows(target: Target) -> None:
@@ -97,7 +90,7 @@ async def test_migration_backfills_existing_rows(target: Target) -> None:
     await s.close()
     t = await target.store()
     assert await t.merkle_tree() == expected
-    leaves = await _leaves(t)
+    leaves = await leaf_hashes(t)
     assert [e.leaf_hash for e in await t.log_entries(0, 9)] == leaves
     found = await t.perfect_roots(_merkle.plan_inclusion(3, 9))
     proof = inclusion_proof_from(3, 9, _merkle.lookup(found))

@@ -15,6 +15,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from proof_messenger.audit.chain import entry_bytes
+from proof_messenger.audit.merkle import leaf_hash
 from proof_messenger.store import Store
 from proof_messenger.store._common import AUDIT_COLUMNS, audit_row_values
 from proof_messenger.store.base import (
@@ -208,3 +210,9 @@ async def pg_target() -> AsyncIterator[Target]:
 @pytest.fixture
 async def store(target: Target) -> Store:
     return await target.store()
+
+
+async def leaf_hashes(store: Store) -> list[bytes]:
+    """The Merkle leaf hash of every audit row, in order, computed from the rows themselves
+    (the reference the stored tree must agree with)."""
+    return [leaf_hash(entry_bytes(r.seq, r.draft)) async for r in store.iter_audit()]

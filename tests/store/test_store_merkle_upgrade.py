@@ -10,28 +10,22 @@ from __future__ import annotations
 
 import re
 
-from proof_messenger.audit.chain import entry_bytes
 from proof_messenger.audit.merkle import (
     consistency_proof,
     consistency_proof_from,
     inclusion_proof,
     inclusion_proof_from,
-    leaf_hash,
     root_from_leaf_hashes,
 )
 from proof_messenger.store import Store, _merkle
 from proof_messenger.store._common import load_migrations
 
-from .conftest import Target, make_draft
-
-
-async def _leaves(store: Store) -> list[bytes]:
-    return [leaf_hash(entry_bytes(r.seq, r.draft)) async for r in store.iter_audit()]
+from .conftest import Target, leaf_hashes, make_draft
 
 
 async def _check_proofs(store: Store) -> None:
     """Every inclusion proof and a spread of consistency proofs equal the reference ones."""
-    leaves = await _leaves(store)
+    leaves = await leaf_hashes(store)
     size = len(leaves)
     assert (await store.merkle_tree()).root() == root_from_leaf_hashes(leaves)
     for index in range(size):

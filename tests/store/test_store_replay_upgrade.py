@@ -15,13 +15,13 @@ import re
 
 import pytest
 
-from proof_messenger.audit.chain import entry_bytes, verify_chain_async
-from proof_messenger.audit.merkle import inclusion_proof_from, leaf_hash, verify_inclusion
-from proof_messenger.store import Store, _merkle
+from proof_messenger.audit.chain import verify_chain_async
+from proof_messenger.audit.merkle import inclusion_proof_from, verify_inclusion
+from proof_messenger.store import _merkle
 from proof_messenger.store._common import load_migrations
 from proof_messenger.store.base import ApprovalTransition
 
-from .conftest import EXP, T0, Target, make_approval, make_draft, rk
+from .conftest import EXP, T0, Target, leaf_hashes, make_approval, make_draft, rk
 
 
 def _old_replay_ddl(kind: str) -> str:
@@ -46,10 +46,6 @@ async def _downgrade_replay(target: Target) -> None:
             event_id,
         )
     await target.execute("DELETE FROM schema_migrations WHERE name = '0006_replay_exp'")
-
-
-async def _leaves(store: Store) -> list[bytes]:
-    return [leaf_hash(entry_bytes(r.seq, r.draft)) async for r in store.iter_audit()]
 
 
 async def test_claims_made_before_0006_are_still_refused(target: Target) -> None:
@@ -81,7 +77,7 @@ async def test_claims_made_before_0006_are_still_refused(target: Target) -> None
     assert await store.merkle_tree() == tree_before
     report = await verify_chain_async(store.iter_audit(), await store.chain_head())
     assert report.ok and report.count == 7, report.problem
-    leaves = await _leaves(store)
+    leaves = await leaf_hashes(store)
     found = await store.perfect_roots(_merkle.plan_inclusion(4, 7))
     proof = inclusion_proof_from(4, 7, _merkle.lookup(found))
     verify_inclusion(leaves[4], 4, 7, proof, tree_before.root())
