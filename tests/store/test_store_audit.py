@@ -156,6 +156,33 @@ async def test_outbox_rows_only_for_event_types_a_live_subscription_wants(
     assert len(await target.fetch("SELECT id FROM outbox")) == 1
 
 
+class _Unencodable(dict):  # type: ignore[type-arg]
+    """A payload map whose JSON encoding fails: proves when the store encodes it."""
+
+    def __init__(self) -> None:
+        super().__init__(a=object())
+
+
+async def test_outbox_map_payloads_are_encoded_only_when_wanted(target: Target) -> None:
+    """A map payload is encoded by the store inside the commit, and only for an event a
+    live subscription wants: with no webhook configured a proof costs no JSON encoding.
+    The stored body is the map as it was at commit time."""
+    store = await target.store()
+    # Nobody wants proof.verified: never encoded (encoding this map would fail).
+    res = await store.append(make_draft(1), outbox=[OutboxEvent("proof.verified", _Unencodable())])
+    assert res.record is not None
+    assert await target.fetch("SELECT id FROM outbox") == []
+    await store.insert_webhook_subscription(make_subscription("s1", ("proof.verified",)))
+    payload = {"valid": True, "context": {"amount": "12500.00", "ref": b"\x01"}}
+    d = make_draft(2)
+    await store.append(d, outbox=[OutboxEvent("proof.verified", payload)])
+    payload["leaf_index"] = 1  # what the relay adds to its answer after the commit
+    rows = await target.fetch("SELECT event_id, payload FROM outbox")
+    assert [(r[0], bytes(r[1])) for r in rows] == [
+        (d.event_id, b'{"valid":true,"context":{"amount":"12500.00","ref":"AQ=="}}')
+    ]
+
+
 async def test_list_audit_cursor_walks_every_row_once_newest_first(target: Target) -> None:
     store = await target.store()
     for i in range(30):  # sequential so seq order == time order

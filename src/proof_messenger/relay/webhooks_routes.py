@@ -42,7 +42,6 @@ from .state import RelayState, relay_state
 __all__ = ["install"]
 
 log = structlog.get_logger("proof_messenger.webhooks")
-_encoder = msgspec.json.Encoder()
 _SCOPE = "webhooks"
 _STATUSES = ("pending", "delivered", "dead")
 _EVENTS = frozenset(EVENT_TYPES)
@@ -86,7 +85,6 @@ def delivery_view(d: WebhookDelivery) -> dict[str, Any]:
 
 
 _running_loop = asyncio.get_running_loop
-_encode = _encoder.encode
 
 #: How long after an event is written the delivery worker looks for it.
 _WAKE_DELAY = 0.05
@@ -112,9 +110,9 @@ def make_outbox_hook(worker: DeliveryWorker | None) -> Any:
         worker.wake()
 
     def outbox_for(event_type: str, payload: dict[str, Any]) -> list[OutboxEvent]:
-        # Called for every proof: only the encoded event and a cheap timer touch. The
-        # payload is the caller's own dict (for a verification: its answer), encoded
-        # as is, never copied.
+        # Called for every proof: only the event and a cheap timer touch. The payload
+        # is the caller's own dict (for a verification: its answer), never copied; the
+        # store encodes it in the commit, and only if a subscription wants the event.
         nonlocal timer, last_event
         if event_type not in _EVENTS:
             return []
@@ -129,7 +127,7 @@ def make_outbox_hook(worker: DeliveryWorker | None) -> Any:
                 last_event = loop.time()
                 if timer is None:
                     timer = loop.call_later(_WAKE_DELAY, fire)
-        return [OutboxEvent(event_type, _encode(payload))]
+        return [OutboxEvent(event_type, payload)]
 
     return outbox_for
 

@@ -13,9 +13,11 @@ lives behind this interface and is enforced by the database, never by process me
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+import msgspec
 
 from proof_messenger.audit.merkle import CompactTree
 from proof_messenger.audit.records import AuditDraft, AuditRecord, ChainHead
@@ -89,12 +91,26 @@ class ApiKeyRecord:
     revoked_at: float | None = None
 
 
+_encode_json = msgspec.json.Encoder().encode
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
-    """A webhook event written in the same transaction as its audit row."""
+    """A webhook event written in the same transaction as its audit row.
+
+    ``payload`` is the JSON body to deliver, or a map the store encodes to JSON only if
+    a live subscription wants ``event_type`` (``body()``, called inside the commit): with
+    no webhook configured, a proof's event costs no encoding at all. A map is encoded
+    before ``append`` returns, so its owner must not change it until then (the relay's
+    answer to a proof is that map; ``leaf_index`` is added after the commit).
+    """
 
     event_type: str
-    payload: bytes  # JSON body to deliver
+    payload: bytes | Mapping[str, Any]
+
+    def body(self) -> bytes:
+        payload = self.payload
+        return payload if isinstance(payload, bytes) else _encode_json(payload)
 
 
 @dataclass(frozen=True, slots=True)

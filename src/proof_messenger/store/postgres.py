@@ -660,7 +660,7 @@ class PostgresStore:
                 leaves.append(leaf_hash(entry))
                 results.append(AppendResult(record=record))
                 outbox_rows.extend(
-                    (item.draft.event_id, ev.event_type, ev.payload, item.draft.time)
+                    (item.draft.event_id, ev.event_type, ev.body(), item.draft.time)
                     for ev in item.outbox
                     if ev.event_type in wanted
                 )

@@ -1360,7 +1360,7 @@ def _commit_batch_sync(
                     for t in json.loads(events)
                 )
             outbox_rows.extend(
-                (draft.event_id, event.event_type, event.payload, draft.time, draft.time)
+                (draft.event_id, event.event_type, event.body(), draft.time, draft.time)
                 for event in item.outbox
                 if event.event_type in wanted
             )
