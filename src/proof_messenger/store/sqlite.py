@@ -208,8 +208,9 @@ class SQLiteStore:
         self._read_cons: list[sqlite3.Connection] = []
         self._read_lock = threading.Lock()
         self._local = threading.local()
-        #: True (writer thread only) while the group commit holds the cross-process write
-        #: lock taken before draining its queue; the batch's transaction releases it.
+        #: True while the group commit holds the cross-process write lock taken before
+        #: draining its queue (taken on the writer thread; the batch's transaction, on
+        #: either thread, releases it). Read and written under ``_write_mutex``.
         self._turn_held = False
         #: Held by whichever thread uses the write connection: the writer thread, or the
         #: event loop's thread during an inline group commit (``_commit_inline``).
@@ -700,8 +701,9 @@ class SQLiteStore:
         return await self._committer.submit_many(entries)
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
-        """Commit on the event loop's thread when nobody else is writing or waiting to,
-        else on the writer thread (which waits for the cross-process lock).
+        """Commit on the event loop's thread when nobody else is writing or waiting to;
+        else let the writer thread wait for the cross-process lock, then commit on the
+        event loop's thread all the same (``_commit_after_wait``).
 
         On the writer thread every SQLite call of a batch releases and retakes the GIL, and
         behind a busy event loop each retake waits: with two busy workers a 2-4 row commit
@@ -717,7 +719,80 @@ class SQLiteStore:
             results = self._commit_inline(take)
             if results is not None:
                 return results
+            return await self._commit_after_wait(take)
         return await self._run(self._writer, functools.partial(self._commit_turn, take))
+
+    async def _commit_after_wait(
+        self, take: Callable[[], list[PendingAppend]]
+    ) -> list[AppendResult]:
+        """Someone else writes: wait for the write lock on the writer thread, then commit
+        on this thread.
+
+        The writer thread only waits (blocked in ``flock``, without the GIL) and returns
+        holding the group commit's write turn; the batch is then taken and committed on
+        the event loop's thread, as an uncontended inline commit is. Committing on the
+        writer thread instead holds the lock the other workers wait for while each of the
+        batch's SQLite calls queues for the GIL behind this busy loop (up to the 5 ms
+        switch interval each): under load the lock's hold time, not the SQL, set the
+        pace. If the write mutex or SQLite's own lock is busy after all (another write
+        of this process on the writer thread, a writer without the flock), the batch
+        goes to the writer thread, which commits under the held turn and ends it.
+        """
+        writer = self._writer
+        assert writer is not None
+        try:
+            wait = asyncio.get_running_loop().run_in_executor(writer, self._acquire_turn)
+        except RuntimeError as exc:  # executor shut down under us
+            raise StoreUnavailable(f"store closed: {exc}") from exc
+        try:
+            with self._store_errors():
+                await asyncio.shield(wait)
+        except asyncio.CancelledError:
+            # Stopped while waiting: the turn, once taken, must not stay held.
+            wait.add_done_callback(lambda _: self._end_turn_later(writer))
+            raise
+        try:
+            results = self._commit_held_inline(take)
+        except BaseException:
+            self._end_turn_locked()
+            raise
+        if results is not None:
+            return results
+        return await self._run(writer, functools.partial(self._commit_turn, take))
+
+    def _acquire_turn(self) -> None:
+        """On the writer thread: block until this process holds the write lock, and keep
+        it as the group commit's turn (``_commit_held_inline`` or ``_commit_turn`` ends
+        it)."""
+        with self._write_mutex:
+            if not self._turn_held:
+                self._lock_exclusive()
+                self._turn_held = True
+
+    def _end_turn_locked(self) -> None:
+        with self._write_mutex:
+            self._end_turn()
+
+    def _end_turn_later(self, writer: ThreadPoolExecutor) -> None:
+        with contextlib.suppress(RuntimeError):  # shut down: close() releases the lock
+            writer.submit(self._end_turn_locked)
+
+    def _commit_held_inline(
+        self, take: Callable[[], list[PendingAppend]]
+    ) -> list[AppendResult] | None:
+        """The batch, committed on this thread under the turn ``_acquire_turn`` took, which
+        it then ends; None (the turn still held, nothing taken) when the write mutex or
+        SQLite's own lock is busy."""
+        if not self._write_mutex.acquire(blocking=False):
+            return None
+        try:
+            with self._store_errors():
+                results = self._commit_inline_locked(take)
+            if results is not None:
+                self._end_turn()
+            return results
+        finally:
+            self._write_mutex.release()
 
     def _commit_inline(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult] | None:
         """One group commit on this (the event loop's) thread, or None, having taken and
