@@ -125,3 +125,26 @@ async def test_register_key_validation(app: App) -> None:
     assert r.status_code == 400  # a reason is required
     r = await app.client.delete(f"/keys/{kid}", params={"reason": "rotated"})
     assert r.status_code == 200 and r.json()["status"] == "revoked"
+
+
+async def test_resolved_keys_are_shared_by_equal_records_and_follow_changes(app: App) -> None:
+    """A store that reads a fresh KeyRecord per request (PostgreSQL) gets one resolved-key
+    entry per distinct record, not one per request, and a revoked record (unequal to the
+    active one) is resolved afresh, so its status is never taken from the cache."""
+    key = generate_private_key()
+    r = await app.client.post(
+        "/keys", json={"sub": "carol", "public_key": b64u_encode(public_key_der(key))}
+    )
+    assert r.status_code == 201
+    service = app.state.service
+    record = await app.state.store.get_key(r.json()["kid"])
+    assert record is not None
+    first = service._resolved_key(replace(record))
+    for _ in range(50):
+        assert service._resolved_key(replace(record)) is first  # an equal, new object
+    assert len(service._resolved) == 1
+    revoked = replace(record, status="revoked", revoked_at=app.clock.now, revoke_reason="x")
+    again = service._resolved_key(revoked)
+    assert again is not None and again.status == "revoked" and first is not None
+    assert first.status == "active"
+    assert len(service._resolved) == 2

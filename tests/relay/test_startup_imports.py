@@ -148,6 +148,7 @@ def resources():
 calls = []
 def probe(self):
     before = {"heavy": sorted(m for m in HEAVY if m in sys.modules), **resources(),
+              "watchfiles": "watchfiles" in sys.modules,
               "multiproc_dir": bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))}
     cfg = self.cfg
     worker = cfg.worker_class
@@ -186,6 +187,7 @@ def test_serve_parent_prepares_without_the_web_stack(tmp_path: Path) -> None:
     # The once-only work (migrations, keys) ran without the web stack, and its store
     # session is closed: no aiosqlite thread, no open database file, no event loop.
     assert before["heavy"] == []
+    assert before["watchfiles"] is False  # uvicorn's --reload helper, inherited by workers
     assert (tmp_path / "master.key").exists() and (tmp_path / "log.key").exists()
     assert (tmp_path / "relay.db").exists()
     assert before["multiproc_dir"] is True
@@ -225,6 +227,7 @@ SINGLE = (
     f"HEAVY = {HEAVY!r}"
     + """
 import json, sys
+from proof_messenger.relay import server_protocol  # as serve does: uvicorn without watchfiles
 import uvicorn
 calls = []
 uvicorn.run = lambda *a, **k: calls.append(k)
@@ -235,7 +238,7 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 heavy = sorted(m for m in HEAVY + ("importlib.resources", "zipfile") if m in sys.modules)
-print(json.dumps({"heavy": heavy, "gunicorn": "gunicorn" in sys.modules, "run": {k: v for k, v in
+print(json.dumps({"heavy": heavy, "watchfiles": "watchfiles" in sys.modules, "gunicorn": "gunicorn" in sys.modules, "run": {k: v for k, v in
     calls[0].items() if k in ("ws", "http", "workers", "factory", "timeout_graceful_shutdown")}}))
 """
 )
@@ -247,6 +250,7 @@ def test_serve_with_one_worker_runs_uvicorn_in_process(tmp_path: Path) -> None:
     result = run_python(SINGLE, cfg)
     assert result == {
         "heavy": [],
+        "watchfiles": False,
         "gunicorn": False,
         "run": {
             "ws": "none",
@@ -256,3 +260,15 @@ def test_serve_with_one_worker_runs_uvicorn_in_process(tmp_path: Path) -> None:
             "timeout_graceful_shutdown": 30,
         },
     }
+
+
+def test_uvicorn_is_imported_without_watchfiles_which_stays_importable(tmp_path: Path) -> None:
+    code = """
+import json, sys
+from proof_messenger.relay import server_protocol
+import uvicorn.supervisors
+hidden = "watchfiles" not in sys.modules
+import watchfiles  # restored: only uvicorn's own import was refused
+print(json.dumps({"hidden": hidden, "reload": uvicorn.supervisors.ChangeReload.__name__}))
+"""
+    assert run_python(code, write_config(tmp_path)) == {"hidden": True, "reload": "StatReload"}

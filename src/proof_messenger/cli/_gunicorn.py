@@ -18,6 +18,11 @@ import logging
 import os
 from typing import Any
 
+# First: it imports uvicorn without watchfiles (server_protocol.import_uvicorn), before
+# uvicorn_worker imports uvicorn.
+from ..relay.server_protocol import http_protocol
+
+# isort: split
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
@@ -25,7 +30,6 @@ from uvicorn_worker import UvicornWorker
 
 from ..configuration import ConfigError
 from ..relay.config import Settings, load_settings
-from ..relay.server_protocol import http_protocol
 
 __all__ = ["RelayWorker", "serve"]
 

@@ -53,6 +53,10 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
     # Done once here, before workers start: migrations, and the keys (two workers
     # generating two different keys would make half the audit log undecryptable).
     _prepare(settings)
+    # Before uvicorn is imported on either path below: this module imports it without
+    # watchfiles (see server_protocol.import_uvicorn).
+    from ..relay.server_protocol import http_protocol
+
     if settings.workers > 1:
         # Before anything imports prometheus_client: it picks its multiprocess value
         # class at import time, and the workers inherit the master's imports.
@@ -66,8 +70,6 @@ def command(config_path: Path | None, health_check: bool, timeout: float) -> Non
         serve_forked(settings)
         return
     import uvicorn
-
-    from ..relay.server_protocol import http_protocol
 
     # uvicorn drains and shuts the app down on SIGTERM, then re-raises the signal with
     # the previous handler; make that handler a clean exit so a graceful stop is
