@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..audit.crypto import Keyring
 from ..protocol.errors import ProofMessengerError
 from ..store.base import Store, StoreUnavailable
+from . import retention
 from .config import Settings
 from .http import FastRequest
 from .metrics import metrics
@@ -81,6 +82,7 @@ def create_app(
         for extension in extensions or default_extensions():
             for route in extension(state):
                 app.router.routes.append(route)
+        retention.start(state)  # core, not an extension: every relay prunes stale claims
         log.info(
             "relay.started", audience=settings.audience, database=_redact(settings.database.url)
         )

@@ -59,6 +59,25 @@ class WebAuthnSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """Pruning of replay claims that can no longer matter (``relay/retention.py``).
+
+    A claim whose intent ``exp`` is older than now − ``verification.clock_skew_seconds``
+    belongs to a proof that check 4 refuses as ``expired`` before check 7 reads the claim;
+    ``replay_prune_margin_seconds`` is kept on top, for the clocks of other instances and
+    for a verification that read the clock before a prune and commits its claim after it.
+    """
+
+    #: How often each worker prunes (jittered by ±20 %); 0 disables the background task
+    #: (then run ``proof-messenger db prune-replay`` from cron instead).
+    replay_prune_interval_seconds: float = 300.0
+    #: Kept on top of the protocol's expiry window; see the class docstring.
+    replay_prune_margin_seconds: int = 600
+    #: Rows deleted per transaction: bounds how long one delete holds the write lock.
+    replay_prune_chunk_rows: int = 1000
+
+
+@dataclass(frozen=True)
 class Settings:
     bind_address: str = "127.0.0.1:8080"
     workers: int = 1
@@ -74,6 +93,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     webauthn: WebAuthnSettings = field(default_factory=WebAuthnSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     #: Sections owned by later features (policy, webhooks, oidc) are kept raw here
     #: and validated by their own modules.
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -277,6 +297,21 @@ def _validate(s: Settings) -> None:
         fail("verification.max_context_bytes", "must be between 16 and 1048576")
     if not 1 <= v.max_context_depth <= 30:
         fail("verification.max_context_depth", "must be between 1 and 30")
+    r = s.retention
+    interval = r.replay_prune_interval_seconds
+    if interval != 0 and not 1 <= interval <= 86400:
+        fail(
+            "retention.replay_prune_interval_seconds",
+            "must be 0 (disabled) or between 1 and 86400",
+        )
+    if not 60 <= r.replay_prune_margin_seconds <= 7 * 86400:
+        fail(
+            "retention.replay_prune_margin_seconds",
+            "must be between 60 and 604800 (it covers clock differences between instances "
+            "and verifications still in flight)",
+        )
+    if not 1 <= r.replay_prune_chunk_rows <= 100_000:
+        fail("retention.replay_prune_chunk_rows", "must be between 1 and 100000")
     lim = s.limits
     if not 1024 <= lim.max_body_bytes <= 64 << 20:
         fail("limits.max_body_bytes", "must be between 1024 and 67108864")

@@ -52,6 +52,14 @@ class Metrics:
             "Requests being handled right now.",
             multiprocess_mode="livesum",
         )
+        self.replay_pruned = Counter(
+            "proof_messenger_replay_pruned_rows_total",
+            "Replay claims deleted because their proofs can no longer pass the expiry check.",
+        )
+        self.replay_prune_failures = Counter(
+            "proof_messenger_replay_prune_failures_total",
+            "Replay pruning runs that failed (retried at the next interval).",
+        )
         #: Requests in flight in this process. With one process (values kept in memory)
         #: the gauge reads this count when scraped, which is exactly what inc() at the
         #: start and dec() at the end of each request would show, without two locked
@@ -88,6 +96,10 @@ class Metrics:
         if inc is None:
             inc = self._verification_children[key] = _fast_inc(self.verifications.labels(*key))
         inc(1)
+
+    def count_replay_pruned(self, rows: int) -> None:
+        if rows:
+            self.replay_pruned.inc(rows)
 
     def count_request(self, route: str, status: int) -> None:
         key = (route, status)

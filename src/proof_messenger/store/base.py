@@ -409,6 +409,22 @@ class Store(Protocol):
         """
         ...
 
+    async def prune_replay(self, before_exp: int, legacy_before: float, limit: int) -> int:
+        """Delete at most ``limit`` replay claims that can no longer matter, in ONE short
+        transaction per table, and return how many were deleted.
+
+        First the claims with ``exp < before_exp``, in key order (one range at the left
+        edge of the primary key); then, with what is left of ``limit``, the claims from
+        before migration 0006 (``replay_v1``, digest only) accepted before
+        ``legacy_before`` (seconds). Fewer than ``limit`` means nothing was left below the
+        cutoffs (or another pruner holds the rest), so a caller deletes a backlog by
+        calling again while it gets ``limit``: no call holds the write lock for long.
+        The caller picks cutoffs below which check 4 refuses every proof as ``expired``
+        before check 7 could look for its claim (``relay/retention.py``). ValueError if
+        ``limit`` < 1.
+        """
+        ...
+
     async def get_audit(self, event_id: str) -> AuditRecord | None: ...
     async def list_audit(
         self, flt: AuditFilter, limit: int, cursor: str | None = None

@@ -159,6 +159,18 @@ _IS_CLAIMED = (
     "SELECT EXISTS (SELECT 1 FROM replay WHERE exp = $1 AND digest = $2) "
     "OR EXISTS (SELECT 1 FROM replay_v1 WHERE digest = $2)"
 )
+#: Pruning (``prune_replay``): a chunk of the left edge of the (exp, digest) key; the
+#: claims from before migration 0006 have no index on accepted_at (the scan stops at the
+#: LIMIT, and the table only shrinks).
+_PRUNE_CLAIMS = (
+    "DELETE FROM replay r USING (SELECT exp, digest FROM replay WHERE exp < $1 "
+    "ORDER BY exp, digest LIMIT $2 FOR UPDATE SKIP LOCKED) d "
+    "WHERE r.exp = d.exp AND r.digest = d.digest"
+)
+_PRUNE_LEGACY = (
+    "DELETE FROM replay_v1 r USING (SELECT digest FROM replay_v1 WHERE accepted_at < $1 "
+    "LIMIT $2 FOR UPDATE SKIP LOCKED) d WHERE r.digest = d.digest"
+)
 # Round trip 3 of 4: the batch's audit rows, the Merkle nodes it completes, its outbox
 # rows (empty arrays insert nothing) and the new chain head, in one statement.
 _WRITE_BATCH = (
@@ -183,6 +195,11 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
     return [list(c) for c in zip(*rows, strict=True)]
+
+
+def _row_count(status: str) -> int:
+    """The row count of a command tag (``DELETE 42``)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def _keep_session(con: Any) -> None:
@@ -579,6 +596,25 @@ class PostgresStore:
     async def is_claimed(self, key: ReplayKey) -> bool:
         async with self._conn("is_claimed") as con:
             return bool(await con.fetchval(_IS_CLAIMED, key.exp, key.digest))
+
+    async def prune_replay(self, before_exp: int, legacy_before: float, limit: int) -> int:
+        """Delete up to ``limit`` stale claims (see ``Store``), one statement per table.
+
+        Each statement is its own short transaction on a pool connection: no row of the
+        chain head is touched, so batches keep committing around it. The chunk is read
+        in key order ``FOR UPDATE SKIP LOCKED``: pruners in other workers or instances take
+        disjoint chunks instead of queueing on each other's row locks (one that finds the
+        rest locked returns fewer than ``limit`` and stops until its next run).
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        async with self._conn("prune_replay") as con:
+            deleted = _row_count(await con.execute(_PRUNE_CLAIMS, before_exp, limit))
+            if deleted < limit:
+                deleted += _row_count(
+                    await con.execute(_PRUNE_LEGACY, time_to_micros(legacy_before), limit - deleted)
+                )
+        return deleted
 
     async def append(
         self,

@@ -682,9 +682,55 @@ class SQLiteStore:
         """Whether ``replay_v1`` holds claims from before migration 0006 (see
         ``_legacy_claims``); read once per store, on the first claim after migrating."""
         if self._legacy_claims is None:
-            row = con.execute("SELECT EXISTS (SELECT 1 FROM replay_v1)").fetchone()
+            row = con.execute(_ANY_LEGACY).fetchone()
             self._legacy_claims = bool(row[0])
         return self._legacy_claims
+
+    async def prune_replay(self, before_exp: int, legacy_before: float, limit: int) -> int:
+        """Delete up to ``limit`` stale claims (see ``Store``).
+
+        Each write transaction goes through ``_write`` like any other write (writer thread, the
+        cross-process ``flock``, ``BEGIN IMMEDIATE``), so it queues with the group commit
+        instead of overtaking it, and holds the lock for one key-range delete of at most
+        ``limit`` rows. ``replay_v1`` has no index on ``accepted_at``: its candidates are
+        found by a read on a reader thread first (WAL: no lock held while scanning) and
+        deleted by primary key, the cutoff re-checked, inside the write transaction. Once
+        ``replay_v1`` is seen empty after a commit, ``_legacy_claims`` becomes False and
+        claims stop looking digests up there (nothing writes that table any more).
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        legacy_us = time_to_micros(legacy_before)
+
+        def prune_claims(con: sqlite3.Connection) -> int:
+            return con.execute(_PRUNE_CLAIMS, (before_exp, limit)).rowcount
+
+        deleted = await self._write(prune_claims)
+        if deleted >= limit or self._legacy_claims is False:
+            return deleted
+        budget = limit - deleted
+
+        def find_legacy(con: sqlite3.Connection) -> tuple[list[bytes], bool]:
+            found = [bytes(r[0]) for r in con.execute(_LEGACY_CANDIDATES, (legacy_us, budget))]
+            return found, bool(found) or bool(con.execute(_ANY_LEGACY).fetchone()[0])
+
+        candidates, any_legacy = await self._read(find_legacy)
+        if not candidates:
+            if not any_legacy:  # seen empty in committed state: empty for good
+                self._legacy_claims = False
+            return deleted
+
+        def prune_legacy(con: sqlite3.Connection) -> tuple[int, bool]:
+            n = 0
+            for digest in candidates:
+                n += con.execute(_PRUNE_LEGACY_ONE, (digest, legacy_us)).rowcount
+            emptied = len(candidates) < budget and not con.execute(_ANY_LEGACY).fetchone()[0]
+            return n, bool(emptied)
+
+        legacy_deleted, emptied = await self._write(prune_legacy)
+        if emptied:  # committed: replay_v1 is empty for good
+            self._legacy_claims = False
+        return deleted + legacy_deleted
 
     async def append(
         self,
@@ -1467,6 +1513,14 @@ _IS_CLAIMED_OR_LEGACY = (
     "UNION ALL SELECT 1 FROM replay_v1 WHERE digest = ? LIMIT 1"
 )
 _LEGACY_CLAIMED = "SELECT digest FROM replay_v1 WHERE digest IN ("
+#: Pruning (``prune_replay``): one range at the left edge of the (exp, digest) key.
+_PRUNE_CLAIMS = (
+    "DELETE FROM replay WHERE (exp, digest) IN "
+    "(SELECT exp, digest FROM replay WHERE exp < ? ORDER BY exp, digest LIMIT ?)"
+)
+_LEGACY_CANDIDATES = "SELECT digest FROM replay_v1 WHERE accepted_at < ? LIMIT ?"
+_PRUNE_LEGACY_ONE = "DELETE FROM replay_v1 WHERE digest = ? AND accepted_at < ?"
+_ANY_LEGACY = "SELECT EXISTS (SELECT 1 FROM replay_v1)"
 _INSERT_MERKLE_NODE = "INSERT INTO merkle_nodes (last_leaf, level, hash) VALUES (?, ?, ?)"
 
 
