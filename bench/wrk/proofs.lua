@@ -1,13 +1,16 @@
 -- wrk script: POST pre-generated, distinct proof bodies and check every answer.
 --
--- Usage: wrk -t T -c C -d D -s proofs.lua URL -- BODIES_PREFIX MODE DELAY_MS BATCH_SIZE
+-- Usage: wrk -t T -c C -d D -s proofs.lua URL -- BODIES_PREFIX MODE DELAY_MS BATCH_SIZE [CYCLE]
 --   BODIES_PREFIX.<n> holds thread n's bodies, one JSON document per line (each used once:
 --   replay protection answers a repeated proof with 409).
+--   CYCLE "1": start again from the first body instead of stopping (only for an endpoint
+--   without replay protection: the bare ASGI ceiling).
 --   MODE "verify": an answer counts as good if it is a 200 containing "valid":true.
 --   MODE "batch":  good if it is a 200 whose "accepted" equals BATCH_SIZE and "rejected" is 0.
 --   DELAY_MS > 0 paces each connection (a steady, rate-limited load instead of closed loop),
 --   with random pauses of that mean so the connections do not fire in step.
--- When a thread runs out of bodies it stops itself and says so ("exhausted").
+-- When a thread runs out of bodies (and CYCLE is not set) it stops itself and says so
+-- ("exhausted"): its rate is then understated, and the report flags the run.
 
 local threads = {}
 local counter = 0
@@ -23,6 +26,7 @@ local batch_size = 1
 local index = 0
 local mode = "verify"
 local delay_ms = 0
+local cycle = false
 good = 0
 bad = 0
 exhausted = 0
@@ -33,6 +37,7 @@ function init(args)
    mode = args[2] or "verify"
    delay_ms = tonumber(args[3] or "0")
    batch_size = tonumber(args[4] or "1")
+   cycle = args[5] == "1"
    math.randomseed(os.time() * 1000 + id)
    local f = assert(io.open(prefix .. "." .. id, "r"))
    for line in f:lines() do
@@ -57,7 +62,9 @@ end
 
 function request()
    index = index + 1
-   if index > #bodies then
+   if index > #bodies and cycle then
+      index = 1
+   elseif index > #bodies then
       exhausted = 1
       wrk.thread:stop()
       index = #bodies

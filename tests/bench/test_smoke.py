@@ -55,6 +55,9 @@ def test_smoke_run_reports_every_figure_with_all_answers_valid(tmp_path: Path) -
         assert run["rss_mb_per_worker"] and all(m > 0 for m in run["rss_mb_per_worker"])
         assert set(run["closed"]) >= LOAD_FIELDS
         assert run["closed"]["good"] > 0 and run["closed"]["bad"] == 0
+    # The ceiling may resend proofs (no replay protection): it must never run out of them,
+    # or its rate (and the ratio to it) would be understated.
+    assert bare["closed"]["exhausted"] is False
     assert relay["batch"]["good"] > 0 and relay["batch"]["bad"] == 0
     assert {"verify_vs_bare_asgi", "batch_vs_raw_crypto"} <= set(report["ratios"])
     assert "nproc" in report["machine"] and "cpu" in report["machine"]
