@@ -28,7 +28,6 @@ from proof_messenger.protocol import (
     b64u_encode,
     create_proof,
     generate_private_key,
-    public_key_der,
     sign_intent,
 )
 from proof_messenger.protocol.intent import Intent, digest, proof_id
@@ -40,6 +39,8 @@ from proof_messenger.store.base import ApiKeyRecord, WebhookSubscription
 from tests.passkeys.authenticator import registration_credential, webauthn_proof
 from tests.store.conftest import Target
 
+from .conftest import register_key
+
 AUD = "payments.example.com"
 
 
@@ -50,12 +51,7 @@ class Batch:
     db: Target
 
     async def register(self, sub: str) -> Any:
-        key = generate_private_key()
-        r = await self.client.post(
-            "/keys", json={"sub": sub, "public_key": b64u_encode(public_key_der(key))}
-        )
-        assert r.status_code == 201, r.text
-        return key
+        return await register_key(self.client, sub)
 
     async def post(self, entries: list[Any]) -> dict[str, Any]:
         r = await self.client.post("/verify/batch", json={"proofs": entries})

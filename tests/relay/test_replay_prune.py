@@ -24,10 +24,7 @@ from structlog.testing import capture_logs
 
 from proof_messenger.protocol import (
     Proof,
-    b64u_encode,
     create_proof,
-    generate_private_key,
-    public_key_der,
 )
 from proof_messenger.relay import apikeys, retention
 from proof_messenger.relay.app import create_app
@@ -43,19 +40,13 @@ from proof_messenger.relay.state import RelayState
 from proof_messenger.store.base import ApiKeyRecord, StoreUnavailable
 from tests.store.conftest import Target
 
+from .conftest import Clock, register_key
+
 AUD = "payments.example.com"
 T0 = 1_764_000_000.0
 SKEW = 60
 MARGIN = 120
 TTL = 60
-
-
-@dataclass
-class Clock:
-    now: float
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -66,12 +57,7 @@ class Relay:
     db: Target
 
     async def register(self, sub: str) -> Any:
-        key = generate_private_key()
-        r = await self.client.post(
-            "/keys", json={"sub": sub, "public_key": b64u_encode(public_key_der(key))}
-        )
-        assert r.status_code == 201, r.text
-        return key
+        return await register_key(self.client, sub)
 
     async def verify(self, proof: Proof) -> httpx.Response:
         return await self.client.post(

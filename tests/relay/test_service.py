@@ -21,15 +21,9 @@ from proof_messenger.relay.config import Settings
 from proof_messenger.relay.state import RelayState
 from proof_messenger.store.base import ApiKeyRecord
 
+from .conftest import Clock
+
 AUD = "payments.example.com"
-
-
-@dataclass
-class Clock:
-    now: float
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
