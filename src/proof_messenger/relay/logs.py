@@ -7,6 +7,7 @@ a newline cannot forge a log line.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["configure_logging", "import_structlog"]
+__all__ = ["configure_logging", "import_structlog", "import_without"]
 
 
 #: Optional packages structlog imports when installed, for features the relay does not use.
@@ -31,20 +32,29 @@ def import_structlog() -> None:
     it in: about 7 MB of RSS and 60-130 ms of start-up in every worker, for the coloured
     console renderer, the locals pretty-printer and greenlet-local context, none of
     which the relay uses (it renders JSON, and ``format_exc_info`` formats tracebacks
-    with the standard library). With ``sys.modules[name] = None`` those optional imports
-    fail and structlog falls back to its plain implementations; the entries are restored
-    at once, so the CLI still imports ``rich`` normally afterwards. Called when
-    ``proof_messenger.relay`` is first imported.
+    with the standard library). Called when ``proof_messenger.relay`` is first imported.
     """
-    if "structlog" in sys.modules:
+    import_without("structlog", _HIDDEN_FROM_STRUCTLOG)
+
+
+def import_without(module: str, hidden: tuple[str, ...]) -> None:
+    """Import ``module`` (once per process) while the optional packages ``hidden`` cannot
+    be imported, so that it falls back to its plain implementations instead of loading
+    them.
+
+    With ``sys.modules[name] = None`` those optional imports fail; the entries are restored
+    at once, so anything imported later (the CLI's ``rich``, say) still imports them
+    normally.
+    """
+    if module in sys.modules:
         return
-    saved = {name: sys.modules[name] for name in _HIDDEN_FROM_STRUCTLOG if name in sys.modules}
-    for name in _HIDDEN_FROM_STRUCTLOG:
+    saved = {name: sys.modules[name] for name in hidden if name in sys.modules}
+    for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]
     try:
-        import structlog  # noqa: F401
+        importlib.import_module(module)
     finally:
-        for name in _HIDDEN_FROM_STRUCTLOG:
+        for name in hidden:
             if name in saved:
                 sys.modules[name] = saved[name]
             else:

@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
 from typing import Any, cast
 
 import structlog
+
+from .logs import import_without
 
 #: Optional packages uvicorn imports when installed, for features ``serve`` does not use.
 _HIDDEN_FROM_UVICORN = ("watchfiles",)
@@ -62,25 +63,12 @@ def import_uvicorn() -> None:
     ``import uvicorn`` always imports ``uvicorn.supervisors``, which imports ``watchfiles``
     (its Rust extension and part of ``anyio``) when it is installed, for ``--reload``,
     which ``serve`` never uses: about 0.9 MB of RSS in every worker (measured on the
-    worker after start-up, 52.3 -> 51.4 MB). With ``sys.modules["watchfiles"] = None``
-    that import fails and uvicorn keeps its stat-based reloader class instead (also
-    unused); the entry is restored at once, so anything else can still import
-    ``watchfiles``. Called when this module is first imported: ``serve`` imports it before
-    uvicorn on both of its paths (``uvicorn.run`` and gunicorn's uvicorn worker).
+    worker after start-up, 52.3 -> 51.4 MB). Without it uvicorn keeps its stat-based
+    reloader class instead (also unused). Called when this module is first imported:
+    ``serve`` imports it before uvicorn on both of its paths (``uvicorn.run`` and
+    gunicorn's uvicorn worker).
     """
-    if "uvicorn" in sys.modules:
-        return
-    saved = {name: sys.modules[name] for name in _HIDDEN_FROM_UVICORN if name in sys.modules}
-    for name in _HIDDEN_FROM_UVICORN:
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        import uvicorn  # noqa: F401
-    finally:
-        for name in _HIDDEN_FROM_UVICORN:
-            if name in saved:
-                sys.modules[name] = saved[name]
-            else:
-                del sys.modules[name]
+    import_without("uvicorn", _HIDDEN_FROM_UVICORN)
 
 
 import_uvicorn()
