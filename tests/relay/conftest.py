@@ -1,6 +1,6 @@
 """Shared by the relay tests: the store tests' ``target`` fixture (a fresh SQLite file, a
 fresh PostgreSQL database) for the tests that run on both backends, an injectable clock,
-and key registration through ``POST /keys``."""
+key registration through ``POST /keys``, and API keys written straight to the store."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import Any
 import httpx
 
 from proof_messenger.protocol import b64u_encode, generate_private_key, public_key_der
+from proof_messenger.relay import apikeys
+from proof_messenger.relay.state import RelayState
+from proof_messenger.store.base import ApiKeyRecord
 from tests.store.conftest import target  # noqa: F401
 
 
@@ -31,3 +34,18 @@ async def register_key(client: httpx.AsyncClient, sub: str) -> Any:
     )
     assert r.status_code == 201, r.text
     return key
+
+
+async def insert_api_key(state: RelayState, scopes: tuple[str, ...], created_at: float) -> str:
+    """A new API key with ``scopes`` in the relay's store; the full key to send."""
+    key_id, full = apikeys.generate_api_key()
+    await state.store.insert_api_key(
+        ApiKeyRecord(
+            id=key_id,
+            name="test",
+            secret_hash=apikeys.hash_api_key(full),
+            scopes=scopes,
+            created_at=created_at,
+        )
+    )
+    return full

@@ -31,15 +31,14 @@ from proof_messenger.protocol import (
     sign_intent,
 )
 from proof_messenger.protocol.intent import Intent, digest, proof_id
-from proof_messenger.relay import apikeys
 from proof_messenger.relay.app import create_app
 from proof_messenger.relay.config import Settings
 from proof_messenger.relay.state import RelayState
-from proof_messenger.store.base import ApiKeyRecord, WebhookSubscription
+from proof_messenger.store.base import WebhookSubscription
 from tests.passkeys.authenticator import registration_credential, webauthn_proof
 from tests.store.conftest import Target
 
-from .conftest import register_key
+from .conftest import insert_api_key, register_key
 
 AUD = "payments.example.com"
 
@@ -112,15 +111,8 @@ async def batch(
     application = create_app(settings)  # the default feature modules
     async with application.router.lifespan_context(application):
         state: RelayState = application.state.relay
-        key_id, full = apikeys.generate_api_key()
-        await state.store.insert_api_key(
-            ApiKeyRecord(
-                id=key_id,
-                name="test",
-                secret_hash=apikeys.hash_api_key(full),
-                scopes=("verify", "keys:write", "audit:read", "approvals"),
-                created_at=time.time(),
-            )
+        full = await insert_api_key(
+            state, ("verify", "keys:write", "audit:read", "approvals"), time.time()
         )
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=application),

@@ -26,7 +26,7 @@ from proof_messenger.protocol import (
     Proof,
     create_proof,
 )
-from proof_messenger.relay import apikeys, retention
+from proof_messenger.relay import retention
 from proof_messenger.relay.app import create_app
 from proof_messenger.relay.config import (
     ConfigError,
@@ -37,10 +37,10 @@ from proof_messenger.relay.config import (
 )
 from proof_messenger.relay.retention import prune_once, replay_cutoffs
 from proof_messenger.relay.state import RelayState
-from proof_messenger.store.base import ApiKeyRecord, StoreUnavailable
+from proof_messenger.store.base import StoreUnavailable
 from tests.store.conftest import Target
 
-from .conftest import Clock, register_key
+from .conftest import Clock, insert_api_key, register_key
 
 AUD = "payments.example.com"
 T0 = 1_764_000_000.0
@@ -89,16 +89,7 @@ async def _relay(settings: Settings, target: Target) -> AsyncIterator[Relay]:
     application = create_app(settings, clock=clock, extensions=[])
     async with application.router.lifespan_context(application):
         state: RelayState = application.state.relay
-        key_id, full = apikeys.generate_api_key()
-        await state.store.insert_api_key(
-            ApiKeyRecord(
-                id=key_id,
-                name="test",
-                secret_hash=apikeys.hash_api_key(full),
-                scopes=("verify", "keys:write", "audit:read"),
-                created_at=T0,
-            )
-        )
+        full = await insert_api_key(state, ("verify", "keys:write", "audit:read"), T0)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=application),
             base_url="http://relay.test",

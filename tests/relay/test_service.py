@@ -15,13 +15,11 @@ import httpx
 import pytest
 
 from proof_messenger.protocol import b64u_encode, create_proof, generate_private_key, public_key_der
-from proof_messenger.relay import apikeys
 from proof_messenger.relay.app import create_app
 from proof_messenger.relay.config import Settings
 from proof_messenger.relay.state import RelayState
-from proof_messenger.store.base import ApiKeyRecord
 
-from .conftest import Clock
+from .conftest import Clock, insert_api_key
 
 AUD = "payments.example.com"
 
@@ -44,16 +42,7 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
     application = create_app(settings, clock=clock, extensions=[])
     async with application.router.lifespan_context(application):
         state: RelayState = application.state.relay
-        key_id, full = apikeys.generate_api_key()
-        await state.store.insert_api_key(
-            ApiKeyRecord(
-                id=key_id,
-                name="test",
-                secret_hash=apikeys.hash_api_key(full),
-                scopes=("verify", "keys:write", "audit:read"),
-                created_at=clock(),
-            )
-        )
+        full = await insert_api_key(state, ("verify", "keys:write", "audit:read"), clock())
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(
             transport=transport,
