@@ -6,7 +6,12 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from proof_messenger.relay.metrics import _LATENCY_BUCKETS, _fast_inc, _fast_observe
+from proof_messenger.relay.metrics import (
+    _LATENCY_BUCKETS,
+    _fast_inc,
+    _fast_observe,
+    observe_many,
+)
 
 AMOUNTS = [0.0, 0.0004, 0.001, 0.0010001, 0.0025, 0.02, 0.3, 1, 2.5, 2.6, 99.0, -0.5]
 AMOUNTS += [math.inf, math.nan]
@@ -30,6 +35,24 @@ def test_fast_observe_matches_observe() -> None:
         fast(amount)
         plain.observe(amount)
         assert _samples(ours) == _samples(theirs), amount
+
+
+def test_observe_many_matches_observe_count_times() -> None:
+    """/verify/batch records one latency per proof in one update per series."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    many = Histogram("h", "h", buckets=_LATENCY_BUCKETS, registry=ours)
+    plain = Histogram("h", "h", buckets=_LATENCY_BUCKETS, registry=theirs)
+    for count, amount in enumerate(AMOUNTS):
+        observe_many(many, amount, count)
+        for _ in range(count):
+            plain.observe(amount)
+        got, want = _samples(ours), _samples(theirs)
+        # Buckets and count exactly; the sum is value x count against count additions,
+        # which may differ in the last bits of a float.
+        assert [x for x in got if x[0] != "h_sum"] == [x for x in want if x[0] != "h_sum"]
+        (got_sum,) = [x[2] for x in got if x[0] == "h_sum"]
+        (want_sum,) = [x[2] for x in want if x[0] == "h_sum"]
+        assert got_sum == want_sum or math.isclose(got_sum, want_sum, rel_tol=1e-12), amount
 
 
 def test_fast_inc_matches_inc_and_keeps_the_parent_check() -> None:

@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _mp
 from prometheus_client.values import MutexValue
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "render"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "observe_many", "render"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -128,27 +128,60 @@ def _fast_inc(counter: Any) -> Callable[[float], None]:
     return fast
 
 
-def _fast_observe(histogram: Histogram) -> Callable[[float], None]:
-    """``histogram.observe`` (no exemplar) for an unlabelled histogram: the sum, then the
-    first bucket whose upper bound is >= the amount (what observe's loop finds; the last
-    bound is +Inf, and a NaN amount goes in no bucket, as there)."""
+def _histogram_values(histogram: Histogram) -> tuple[Any, list[Any], list[float]] | None:
+    """The value objects ``observe`` updates: the sum and one per bucket, with the buckets'
+    upper bounds (ascending, the last +Inf); None for a labelled parent, or if
+    prometheus_client's internals ever change shape (callers then use the public method).
+    """
     total = getattr(histogram, "_sum", None)
     buckets = getattr(histogram, "_buckets", None)
     bounds = getattr(histogram, "_upper_bounds", None)
     if total is None or buckets is None or bounds is None or histogram._labelnames:
+        return None
+    return total, buckets, bounds
+
+
+def _bucket_index(upper: list[float], amount: float) -> int | None:
+    """The first bucket whose upper bound is >= ``amount`` (what observe's loop finds); None
+    for a NaN amount, which goes in no bucket, as there."""
+    i = bisect_left(upper, amount)
+    return i if i < len(upper) and amount <= upper[i] else None
+
+
+def _fast_observe(histogram: Histogram) -> Callable[[float], None]:
+    """``histogram.observe`` (no exemplar) for an unlabelled histogram: the sum, then the
+    bucket of the amount."""
+    values = _histogram_values(histogram)
+    if values is None:
         return histogram.observe
+    total, buckets, bounds = values
     sum_inc = total.inc
     bucket_incs = [bucket.inc for bucket in buckets]
     upper = list(bounds)
-    last = len(upper)
 
     def observe(amount: float) -> None:
         sum_inc(amount)
-        i = bisect_left(upper, amount)
-        if i < last and amount <= upper[i]:
+        i = _bucket_index(upper, amount)
+        if i is not None:
             bucket_incs[i](1)
 
     return observe
+
+
+def observe_many(histogram: Histogram, value: float, count: int) -> None:
+    """``count`` observations of the same ``value``: what ``observe`` does ``count`` times
+    (sum += value each time, one bucket += 1 each time), in one update per series. Falls
+    back to the loop if prometheus_client's internals ever change shape."""
+    values = _histogram_values(histogram)
+    if values is None or count <= 0:
+        for _ in range(count):
+            histogram.observe(value)
+        return
+    total, buckets, bounds = values
+    total.inc(value * count)
+    i = _bucket_index(bounds, value)
+    if i is not None:
+        buckets[i].inc(count)
 
 
 _metrics: Metrics | None = None

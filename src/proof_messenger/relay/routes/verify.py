@@ -8,7 +8,6 @@ from typing import Any
 
 import cbor2
 import msgspec
-from prometheus_client import Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +16,7 @@ from ...protocol import cbor as cbor_codec
 from ...protocol.errors import MalformedProof
 from ...store.base import StoreUnavailable
 from ..http import is_cbor, query_one, read_body, wants_cbor
+from ..metrics import observe_many
 from ..problems import HTTPProblem, json_response, problem_body
 from ..service import Outcome
 from ..state import RelayState, relay_state
@@ -177,25 +177,6 @@ def _observe_batch(state: RelayState, outcomes: list[Outcome], elapsed: float) -
     for (result, code), count in counts.items():
         m.verifications.labels(result, code).inc(count)
     observe_many(m.verify_latency, elapsed, len(outcomes))
-
-
-def observe_many(histogram: Histogram, value: float, count: int) -> None:
-    """``count`` observations of the same ``value``: what ``observe`` does ``count`` times
-    (sum += value each time, one bucket += 1 each time), in one update per series. Falls
-    back to the loop if prometheus_client's internals ever change shape."""
-    buckets = getattr(histogram, "_buckets", None)
-    bounds = getattr(histogram, "_upper_bounds", None)
-    total = getattr(histogram, "_sum", None)
-    if buckets is None or bounds is None or total is None or count <= 0:
-        for _ in range(count):
-            histogram.observe(value)
-        return
-    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
-    total.inc(value * count)
-    for i, bound in enumerate(bounds):
-        if value <= bound:
-            buckets[i].inc(count)
-            break
 
 
 routes = [
