@@ -1534,20 +1534,14 @@ def _last_leaf(level: int, idx: int) -> int:
 def _legacy_claimed(con: sqlite3.Connection, digests: list[bytes]) -> frozenset[bytes]:
     """The digests among ``digests`` claimed before migration 0006 (kept in ``replay_v1``).
 
-    Power-of-two chunks, as in :func:`_insert_many`: few distinct statements to prepare.
+    Power-of-two chunks (:func:`_chunks`), as in :func:`_insert_many`.
     Usually (and always on a database created after 0006) the table is empty or holds none
     of them: a read of a few pages, no write.
     """
-    if not digests:
-        return frozenset()
     found: set[bytes] = set()
-    limit = _chunk_size(con, 1)
-    start = 0
-    while start < len(digests):
-        n = min(limit, 1 << ((len(digests) - start).bit_length() - 1))
-        sql = _LEGACY_CLAIMED + ",".join("?" * n) + ")"
-        found.update(bytes(d) for (d,) in con.execute(sql, digests[start : start + n]))
-        start += n
+    for chunk in _chunks(con, digests, 1):
+        sql = _LEGACY_CLAIMED + ",".join("?" * len(chunk)) + ")"
+        found.update(bytes(d) for (d,) in con.execute(sql, chunk))
     return frozenset(found)
 
 
@@ -1586,19 +1580,25 @@ def _insert_many(con: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ..
     """
     if not rows:
         return 0
-    width = len(rows[0])
     head, _, tail = sql.partition(" VALUES ")
     values, conflict = tail.split(")", 1)
-    limit = _chunk_size(con, width)
-    inserted, start = 0, 0
-    while start < len(rows):
-        n = min(limit, 1 << ((len(rows) - start).bit_length() - 1))
-        chunk = rows[start : start + n]
-        statement = _multi_row_sql(head, values + ")", conflict, n)
-        cur = con.execute(statement, [value for row in chunk for value in row])
-        inserted += cur.rowcount
-        start += n
+    inserted = 0
+    for chunk in _chunks(con, rows, len(rows[0])):
+        statement = _multi_row_sql(head, values + ")", conflict, len(chunk))
+        inserted += con.execute(statement, [value for row in chunk for value in row]).rowcount
     return inserted
+
+
+def _chunks(con: sqlite3.Connection, items: Sequence[T], width: int) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive chunks whose sizes are powers of two (largest first) and
+    whose parameters (``width`` each) fit SQLite's variable limit: a connection then
+    prepares few distinct statements for any number of items."""
+    limit = _chunk_size(con, width)
+    start = 0
+    while start < len(items):
+        n = min(limit, 1 << ((len(items) - start).bit_length() - 1))
+        yield items[start : start + n]
+        start += n
 
 
 def _chunk_size(con: sqlite3.Connection, width: int) -> int:
