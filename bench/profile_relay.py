@@ -29,6 +29,8 @@ def summarise(collapsed: Path, top: int) -> str:
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():  # a frame name with a newline in it (py-spy raw format)
+            continue
         n = int(count)
         total += n
         frames = [
