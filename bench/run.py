@@ -42,6 +42,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+#: The relay source the servers run (``--src``; bench/ab.py points it at another revision).
+SRC = REPO / "src"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "src"))
 
@@ -126,7 +128,7 @@ def cmdline(pid: int) -> str:
 
 def python_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(HERE)])
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE)])
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return env
 
@@ -702,6 +704,7 @@ def table(runs: list[RelayRun]) -> str:
 
 
 def main() -> int:
+    global SRC
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -722,7 +725,17 @@ def main() -> int:
         "--only", default="", help="comma list: sqlite1,sqlite2,sqlite2-nolog,pg1,pg2,bare"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.add_argument(
+        "--src",
+        type=Path,
+        default=SRC,
+        help="the relay source the servers run (default: this checkout's src)",
+    )
     opts = p.parse_args()
+    SRC = opts.src.resolve()
+    if not (SRC / "proof_messenger" / "__init__.py").is_file():
+        print(f"--src {opts.src}: no proof_messenger package there", file=sys.stderr)
+        return 2
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -738,7 +751,7 @@ def main() -> int:
 
     # An installed relay (wheel, Docker image) ships compiled bytecode; a checkout run
     # with PYTHONDONTWRITEBYTECODE would compile every module in every worker at start.
-    compileall.compile_dir(REPO / "src", quiet=1)
+    compileall.compile_dir(SRC, quiet=1)
     results_dir = HERE / "results"
     t0 = time.monotonic()
     proofs, cached = proofgen.load_or_generate(results_dir, AUDIENCE, opts.proofs, opts.keys)
@@ -750,6 +763,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "machine": machine(),
         "command": " ".join(sys.argv),
+        "src": str(SRC),
         "smoke": opts.smoke,
     }
     report["raw_crypto"] = raw_crypto(proofs, 0.3 if opts.smoke else 3.0)
