@@ -8,6 +8,7 @@ shows how far the WAL grew between two checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -36,7 +37,7 @@ async def test_wal_stays_within_one_checkpoint_interval(tmp_path: Path) -> None:
                 ]
             )
             high_water = max(high_water, wal.stat().st_size)
-        with sqlite3.connect(path) as con:
+        with contextlib.closing(sqlite3.connect(path)) as con:
             assert con.execute("SELECT count(*) FROM audit").fetchone()[0] == 80 * 32
         # One interval plus the commit that crossed it; with SQLite's default the WAL
         # grows past 1,000 frames (4 MiB) before its first reset.
