@@ -75,47 +75,47 @@ def rows(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[list[str]]:
     """One row per configuration, phase and figure: every pair's base and head, and the
     median of the pairs' changes."""
     out: list[list[str]] = []
-    names = [r["name"] for r in pairs[0][0]["runs"]]
-    for name in names:
+    for name in [r["name"] for r in pairs[0][0]["runs"]]:
         for phase, phase_label in PHASES:
+            found = [(_phase(base, name, phase), _phase(head, name, phase)) for base, head in pairs]
+            sides = [(b, h) for b, h in found if b is not None and h is not None]
+            if len(sides) < len(found):
+                continue  # not measured on both sides of every pair
             for key, label in FIGURES:
-                base_v, head_v = [], []
-                for base, head in pairs:
-                    b = next((r for r in base["runs"] if r["name"] == name), None)
-                    h = next((r for r in head["runs"] if r["name"] == name), None)
-                    if not b or not h or not b.get(phase) or not h.get(phase):
-                        break
-                    base_v.append(float(b[phase][key]))
-                    head_v.append(float(h[phase][key]))
-                else:
-                    if not base_v:
-                        continue
-                    changes = [(h / b - 1) * 100 for b, h in zip(base_v, head_v, strict=True) if b]
-                    out.append(
-                        [
-                            f"{name} — {phase_label}",
-                            label,
-                            " · ".join(_num(v) for v in base_v),
-                            " · ".join(_num(v) for v in head_v),
-                            " · ".join(f"{c:+.0f} %" for c in changes),
-                            f"{statistics.median(changes):+.1f} %" if changes else "",
-                        ]
+                out.append(
+                    _row(
+                        f"{name} — {phase_label}",
+                        label,
+                        [(float(b[key]), float(h[key])) for b, h in sides],
                     )
+                )
     crypto = [
         (b["raw_crypto"]["verify_per_s_1proc"], h["raw_crypto"]["verify_per_s_1proc"])
         for b, h in pairs
     ]
-    out.append(
-        [
-            "raw ECDSA, 1 process (the machine's drift)",
-            "verifies/s",
-            " · ".join(_num(b) for b, _ in crypto),
-            " · ".join(_num(h) for _, h in crypto),
-            " · ".join(f"{(h / b - 1) * 100:+.0f} %" for b, h in crypto if b),
-            "",
-        ]
-    )
+    out.append(_row("raw ECDSA, 1 process (the machine's drift)", "verifies/s", crypto, False))
     return out
+
+
+def _phase(report: dict[str, Any], name: str, phase: str) -> dict[str, Any] | None:
+    """The figures of one phase of the configuration ``name`` in a run's report."""
+    run = next((r for r in report["runs"] if r["name"] == name), None)
+    return (run or {}).get(phase) or None
+
+
+def _row(
+    config: str, figure: str, values: list[tuple[float, float]], median: bool = True
+) -> list[str]:
+    """A table row: each pair's base and head values, each pair's change, their median."""
+    changes = [(h / b - 1) * 100 for b, h in values if b]
+    return [
+        config,
+        figure,
+        " · ".join(_num(b) for b, _ in values),
+        " · ".join(_num(h) for _, h in values),
+        " · ".join(f"{c:+.0f} %" for c in changes),
+        f"{statistics.median(changes):+.1f} %" if median and changes else "",
+    ]
 
 
 def _num(v: float) -> str:
