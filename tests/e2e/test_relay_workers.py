@@ -148,6 +148,15 @@ async def test_two_workers_verify_and_sighup_replaces_them(tmp_path: Path) -> No
             if ln.startswith("proof_messenger_verifications_total{")
         )
         assert served == total
+        # Both workers' group commits are summed too: one append per audit row here
+        # (every proof is fresh, so no claim is lost).
+        appended = sum(
+            float(ln.split()[-1])
+            for ln in metrics.splitlines()
+            if ln.startswith("proof_messenger_audit_commit_rows_sum")
+        )
+        with contextlib.closing(sqlite3.connect(relay.db_path)) as con:
+            assert appended == con.execute("SELECT count(*) FROM audit").fetchone()[0]
 
         # SIGHUP: the master forks two new workers and stops the old ones gracefully,
         # while requests keep being answered (or, never read by a stopping worker, can be

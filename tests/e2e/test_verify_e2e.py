@@ -376,6 +376,35 @@ def test_audit_cli_list_and_show(relay: RelayProcess, signer: Signer) -> None:
     assert relay.cli("audit", "show", "no-such-event").returncode == 1
 
 
+def _sample(text: str, name: str) -> float:
+    return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).split()[-1])
+
+
+def test_every_append_is_counted_once_by_the_group_commit_metrics(
+    relay: RelayProcess, signer: Signer
+) -> None:
+    with httpx.Client(base_url=relay.base_url) as c:
+        before = c.get("/metrics").text
+        proofs = [signer.proof(wire(amount=100 + i)) for i in range(3)]
+        for proof in proofs:
+            r = relay.post_proof(proof)
+            assert r.status_code == 200, r.text
+        r = relay.post_proof(proofs[0])  # a replay: rejected, and audited too
+        assert r.status_code == 409, r.text
+        after = c.get("/metrics").text
+    # Five appends: three accepted rows, the replay's claim (it loses at commit and writes
+    # nothing) and then the replay's rejection row.
+    rows = "proof_messenger_audit_commit_rows"
+    assert _sample(after, rows + "_sum") - _sample(before, rows + "_sum") == 5
+    commits = _sample(after, rows + "_count") - _sample(before, rows + "_count")
+    assert 1 <= commits <= 5
+    for name in ("wait", "duration"):
+        histogram = f"proof_messenger_audit_commit_{name}_seconds"
+        assert _sample(after, histogram + "_count") - _sample(before, histogram + "_count") == (
+            commits
+        )
+
+
 def test_health_ready_metrics_docs(relay: RelayProcess) -> None:
     with httpx.Client(base_url=relay.base_url) as c:
         assert c.get("/health").json() == {"status": "ok"}

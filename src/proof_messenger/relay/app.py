@@ -63,6 +63,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = store or store_from_settings(settings)
         await db.open()
+        db.observe_commits(metrics().observe_commit)
         applied = await db.migrate()
         if applied:
             log.info("db.migrated", applied=applied)
@@ -105,6 +106,7 @@ def create_app(
                     await closer()
             await state.limiter.close()
             await db.close()
+            db.observe_commits(None)
             log.info("relay.stopped")
 
     middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]

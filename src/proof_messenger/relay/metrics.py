@@ -23,6 +23,8 @@ from prometheus_client.values import MutexValue
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "observe_many", "render"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 2.5)
+_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
@@ -41,6 +43,28 @@ class Metrics:
             "proof_messenger_audit_write_duration_seconds",
             "Time from audit append to commit (group commit included).",
             buckets=_LATENCY_BUCKETS,
+        )
+        # The group commit (docs/operations.md): how many rows each durable commit
+        # carries, how long it waits for its turn and how long it holds it. On SQLite the
+        # commits of all workers share one write lock, so the sum of all workers'
+        # durations per second is the share of time that lock is busy: near 1, the
+        # relay is as fast as its one writer (more workers do not help).
+        self.commit_rows = Histogram(
+            "proof_messenger_audit_commit_rows",
+            "Appends per group commit (one durable transaction): audit rows, and replay "
+            "claims that lost, which write nothing.",
+            buckets=_ROWS_BUCKETS,
+        )
+        self.commit_wait = Histogram(
+            "proof_messenger_audit_commit_wait_seconds",
+            "Time a group commit waited for its write turn (SQLite: the write lock "
+            "held by another process).",
+            buckets=_COMMIT_BUCKETS,
+        )
+        self.commit_duration = Histogram(
+            "proof_messenger_audit_commit_duration_seconds",
+            "Time from taking a group commit's rows to COMMIT (SQLite: the write lock held).",
+            buckets=_COMMIT_BUCKETS,
         )
         self.requests = Counter(
             "proof_messenger_http_requests_total",
@@ -77,6 +101,15 @@ class Metrics:
         self._request_children: dict[tuple[str, int], Callable[[float], None]] = {}
         self.observe_verify = _fast_observe(self.verify_latency)
         self.observe_audit_write = _fast_observe(self.audit_write_latency)
+        self._observe_commit_rows = _fast_observe(self.commit_rows)
+        self._observe_commit_wait = _fast_observe(self.commit_wait)
+        self._observe_commit_duration = _fast_observe(self.commit_duration)
+
+    def observe_commit(self, rows: int, wait: float, duration: float) -> None:
+        """One group commit (``store.CommitObserver``)."""
+        self._observe_commit_rows(rows)
+        self._observe_commit_wait(wait)
+        self._observe_commit_duration(duration)
 
     def request_started(self) -> None:
         if self._in_flight_at_scrape:

@@ -13,7 +13,7 @@ lives behind this interface and is enforced by the database, never by process me
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -34,6 +34,7 @@ __all__ = [
     "AuditRecord",
     "ChainHead",
     "CheckpointRecord",
+    "CommitObserver",
     "DuplicateKey",
     "KeyRecord",
     "LogEntry",
@@ -331,6 +332,17 @@ class LogEntry:
 # --- end Merkle log ---------------------------------------------------------------------------
 
 
+CommitObserver = Callable[[int, float, float], None]
+"""``observer(rows, wait, duration)`` after every group commit that took rows (``rows``
+appends; one whose replay claim lost writes nothing), times in seconds:
+``wait`` from the start of the commit until the backend took the batch (SQLite: waiting
+for the cross-process write lock while other processes commit), ``duration`` from then
+until COMMIT returned (SQLite: the time this process held the write lock). PostgreSQL
+takes the batch first, so its ``wait`` is about zero and its ``duration`` includes
+waiting for the chain head's row lock, which other instances' commits hold. It runs on
+the event loop after the callers' results are set, and must not block."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """What the relay needs from a database. All methods are safe across instances."""
@@ -397,6 +409,10 @@ class Store(Protocol):
         an accepted approval proof and its counted approval commit together or not at all.
         Returns only after the transaction has committed.
         """
+        ...
+
+    def observe_commits(self, observer: CommitObserver | None) -> None:
+        """Report every group commit of this process to ``observer`` (None: stop)."""
         ...
 
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import math
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +27,7 @@ from .base import (
     AppendResult,
     ApprovalTransition,
     AuditDraft,
+    CommitObserver,
     OutboxEvent,
     PolicyApproval,
     ReplayKey,
@@ -32,7 +35,9 @@ from .base import (
     StoreUnavailable,
 )
 
-__all__ = ["GroupCommitter", "PendingAppend", "check_draft"]
+__all__ = ["CommitObserver", "GroupCommitter", "PendingAppend", "check_draft"]
+
+_log = logging.getLogger(__name__)
 
 _INT64 = 2**63
 _STATUSES = frozenset({"accepted", "rejected", "info"})
@@ -92,6 +97,8 @@ class GroupCommitter:
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        #: Told about every commit (see CommitObserver); the relay feeds its metrics.
+        self.observer: CommitObserver | None = None
 
     def start(self) -> None:
         if self._task is not None:
@@ -210,7 +217,7 @@ class GroupCommitter:
     async def _commit_next(self) -> None:
         self._current = []
         try:
-            results = await self._commit(self._take)
+            results, wait, duration = await self._timed_commit(self._take)
         except asyncio.CancelledError:
             raise  # stop() fails the rows of this batch
         except Exception as exc:  # never let the writer task die
@@ -224,6 +231,31 @@ class GroupCommitter:
             return
         batch, self._current = self._current, []
         self._resolve(batch, results)
+        self._observe(len(batch), wait, duration)
+
+    async def _timed_commit(
+        self, take: Callable[[], list[PendingAppend]]
+    ) -> tuple[list[AppendResult], float, float]:
+        """``commit(take)``, with its wait and duration (see ``CommitObserver``)."""
+        clock = time.perf_counter
+        started = taken = clock()
+
+        def timed_take() -> list[PendingAppend]:
+            nonlocal taken
+            taken = clock()
+            return take()
+
+        results = await self._commit(timed_take)
+        return results, taken - started, clock() - taken
+
+    def _observe(self, rows: int, wait: float, duration: float) -> None:
+        observer = self.observer
+        if observer is None or not rows:
+            return
+        try:
+            observer(rows, wait, duration)
+        except Exception:  # the rows are committed and answered whatever it does
+            _log.exception("group commit observer failed")
 
     async def _retry_one_by_one(self, batch: list[PendingAppend]) -> None:
         """Not an availability problem (e.g. a duplicate event_id): the whole batch rolled
@@ -237,7 +269,7 @@ class GroupCommitter:
                 return [] if self._abandoned else [item]
 
             try:
-                results = await self._commit(take)
+                results, wait, duration = await self._timed_commit(take)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -245,6 +277,7 @@ class GroupCommitter:
             else:
                 if results:  # [] only when stop() abandoned it (and failed it)
                     self._resolve([item], results)
+                    self._observe(len(results), wait, duration)
             self._current = []
 
     @staticmethod

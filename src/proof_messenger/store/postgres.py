@@ -80,6 +80,7 @@ from .base import (
     AuditRecord,
     ChainHead,
     CheckpointRecord,
+    CommitObserver,
     DeliveryPage,
     DeliveryTask,
     DuplicateKey,
@@ -629,6 +630,9 @@ class PostgresStore:
 
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         return await self._committer.submit_many(entries)
+
+    def observe_commits(self, observer: CommitObserver | None) -> None:
+        self._committer.observer = observer
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
         batch = take()

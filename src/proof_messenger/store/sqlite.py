@@ -90,6 +90,7 @@ from .base import (
     AuditRecord,
     ChainHead,
     CheckpointRecord,
+    CommitObserver,
     DeliveryPage,
     DeliveryTask,
     DuplicateKey,
@@ -758,6 +759,9 @@ class SQLiteStore:
 
     async def append_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
         return await self._committer.submit_many(entries)
+
+    def observe_commits(self, observer: CommitObserver | None) -> None:
+        self._committer.observer = observer
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
         """Commit on the event loop's thread when nobody else is writing or waiting to;
