@@ -299,6 +299,59 @@ def postgres_database() -> Iterator[str]:
         subprocess.run(["dropdb", *base, "--if-exists", "--force", name], timeout=60, check=False)
 
 
+_COMMIT_SERIES = (
+    "proof_messenger_audit_commit_rows_sum",
+    "proof_messenger_audit_commit_rows_count",
+    "proof_messenger_audit_commit_wait_seconds_sum",
+    "proof_messenger_audit_commit_duration_seconds_sum",
+)
+
+
+def commit_sums(port: int) -> dict[str, float]:
+    """The relay's group-commit totals from ``/metrics`` (all workers summed)."""
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        con.request("GET", "/metrics")
+        text = con.getresponse().read().decode()
+    finally:
+        con.close()
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _COMMIT_SERIES:
+            found[name] = float(value)
+    return found
+
+
+@dataclass
+class Commits:
+    """The group commit during one load, from the relay's own metrics (docs/deployment.md,
+    "The audit write lock")."""
+
+    per_s: float
+    rows_per_commit: float
+    #: Seconds per second that some worker held the write turn. On SQLite the workers
+    #: share one write lock, so this is the share of time it was busy (at most 1).
+    busy: float
+    wait_ms: float  # mean wait for the write turn
+    duration_ms: float  # mean time holding it
+
+
+def commits_between(before: dict[str, float], after: dict[str, float], seconds: float) -> Commits:
+    def delta(suffix: str) -> float:
+        name = next(n for n in _COMMIT_SERIES if n.endswith(suffix))
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    count = delta("rows_count")
+    return Commits(
+        per_s=round(count / seconds, 1),
+        rows_per_commit=round(delta("rows_sum") / count, 1) if count else 0.0,
+        busy=round(delta("duration_seconds_sum") / seconds, 3),
+        wait_ms=round(delta("wait_seconds_sum") * 1000 / count, 3) if count else 0.0,
+        duration_ms=round(delta("duration_seconds_sum") * 1000 / count, 3) if count else 0.0,
+    )
+
+
 # --- load ------------------------------------------------------------------------------------
 
 
@@ -326,6 +379,8 @@ class Load:
     server_cores: float = 0.0
     wrk_cores: float = 0.0
     other_cores: float = 0.0
+    #: The relay's group commit during the run (None for the bare ceiling).
+    commits: Commits | None = None
 
 
 def wrk(
@@ -372,9 +427,11 @@ def wrk(
         "1" if cycle else "0",
     ]
     pids = server.all_pids()
+    sums0 = commit_sums(server.port) if api_key else None
     cpu0, busy0, kids0 = cpu_seconds(pids), busy_seconds(), children_cpu()
     out = subprocess.run(cmd, capture_output=True, timeout=duration + 60, check=True)
     cpu1, busy1, kids1 = cpu_seconds(pids), busy_seconds(), children_cpu()
+    sums1 = commit_sums(server.port) if api_key else None
     for t in range(threads):
         Path(f"{prefix}.{t}").unlink()
     line = next((ln for ln in out.stdout.decode().splitlines() if ln.startswith("WRK_JSON ")), None)
@@ -406,6 +463,11 @@ def wrk(
         server_cores=round(server_cores, 2),
         wrk_cores=round(wrk_cores, 2),
         other_cores=round(max(0.0, busy_cores - server_cores - wrk_cores), 2),
+        commits=(
+            commits_between(sums0, sums1, seconds)
+            if sums0 is not None and sums1 is not None
+            else None
+        ),
     )
 
 
@@ -703,6 +765,30 @@ def table(runs: list[RelayRun]) -> str:
     return "\n".join(rows)
 
 
+def commit_table(runs: list[RelayRun]) -> str:
+    """The group commit of every relay load: how full each commit was, and how busy the
+    write turn (on SQLite: the one write lock all workers share)."""
+    rows = [
+        "| configuration | commits/s | rows per commit | write turn busy | mean wait ms | mean hold ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        for label, load in (
+            ("", r.closed),
+            (" — steady", r.paced),
+            (" — steady", r.paced_half),
+            (" — /verify/batch", r.batch),
+        ):
+            c = load.commits if load is not None else None
+            if c is None:
+                continue
+            rows.append(
+                f"| {r.name}{label} | {fmt(c.per_s, 0)} | {fmt(c.rows_per_commit)} | "
+                f"{c.busy:.2f} | {fmt(c.wait_ms, 2)} | {fmt(c.duration_ms, 2)} |"
+            )
+    return "\n".join(rows)
+
+
 def main() -> int:
     global SRC
     p = argparse.ArgumentParser(
@@ -851,6 +937,8 @@ def main() -> int:
     report["all_valid"] = all_good
     print()
     print(table(runs))
+    print()
+    print(commit_table(runs))
     print()
     print(f"raw ECDSA P-256 verify: {report['raw_crypto']}")
     print(f"ratios: {ratios}")
