@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,18 @@ class Target:
             await con.close()
 
 
+@contextlib.contextmanager
+def another_process_holds_the_write_lock(path: str) -> Iterator[None]:
+    """Hold the SQLite store's cross-process write lock (``flock`` on ``<db>-writelock``,
+    through a separate open file description) as a second relay worker would."""
+    other = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(other)  # releases the lock
+
+
 @contextlib.asynccontextmanager
 async def pg_database() -> AsyncIterator[str]:
     """A freshly created, uniquely named database, dropped afterwards."""
@@ -205,6 +218,18 @@ async def pg_target() -> AsyncIterator[Target]:
         finally:
             for s in t.opened:
                 await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """An opened, migrated SQLite store (its file: ``sqlite_store.path``)."""
+    s = SQLiteStore(str(tmp_path / "relay.db"))
+    await s.open()
+    try:
+        await s.migrate()
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture

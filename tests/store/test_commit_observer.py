@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -16,7 +13,7 @@ from proof_messenger.store.base import AppendResult, AuditRecord, StoreUnavailab
 from proof_messenger.store.groupcommit import GroupCommitter, PendingAppend
 from proof_messenger.store.sqlite import SQLiteStore
 
-from .conftest import Target, make_draft, rk
+from .conftest import Target, another_process_holds_the_write_lock, make_draft, rk
 from .test_group_commit import FakeDb, draft, entries
 
 Seen = list[tuple[int, float, float]]
@@ -74,14 +71,8 @@ async def test_duration_runs_from_taking_the_batch_to_the_end_of_the_commit() ->
 
 async def test_a_failed_commit_is_not_observed_and_a_failing_observer_loses_nothing() -> None:
     db = FakeDb()
-    failures = [StoreUnavailable("cannot lock x-writelock")]
-
-    async def commit(take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
-        if failures:
-            raise failures.pop()
-        return await db.commit(take)
-
-    gc = GroupCommitter(commit)
+    db.failures.append(StoreUnavailable("cannot lock x-writelock"))
+    gc = GroupCommitter(db.commit)
     calls: list[int] = []
 
     def broken(rows: int, wait: float, duration: float) -> None:
@@ -140,28 +131,16 @@ async def test_every_append_of_a_real_store_is_observed(store: Store) -> None:
 
 
 async def test_sqlite_wait_is_the_time_another_process_holds_the_write_lock(
-    tmp_path: Path,
+    sqlite_store: SQLiteStore,
 ) -> None:
-    path = str(tmp_path / "relay.db")
-    store = SQLiteStore(path)
-    await store.open()
-    try:
-        await store.migrate()
-        seen = observed(store)
-        other = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(other, fcntl.LOCK_EX)  # as a second relay worker committing would
-        try:
-            appends = [
-                asyncio.ensure_future(store.append(make_draft(i), claim=rk(bytes([i]) * 32)))
-                for i in range(10)
-            ]
-            await asyncio.sleep(0.1)
-        finally:
-            fcntl.flock(other, fcntl.LOCK_UN)
-            os.close(other)
-        await asyncio.gather(*appends)
-    finally:
-        await store.close()
+    seen = observed(sqlite_store)
+    with another_process_holds_the_write_lock(sqlite_store.path):
+        appends = [
+            asyncio.ensure_future(sqlite_store.append(make_draft(i), claim=rk(bytes([i]) * 32)))
+            for i in range(10)
+        ]
+        await asyncio.sleep(0.1)
+    await asyncio.gather(*appends)
     [(rows, wait, duration)] = seen  # one commit, after the lock came free
     assert rows == 10 and wait >= 0.1 and duration > 0
 

@@ -30,8 +30,12 @@ class FakeDb:
         self.claimed: set[bytes] = set()
         self.gate = asyncio.Event()
         self.gate.set()
+        #: Raised, one per commit, before anything is taken (e.g. the write lock failed).
+        self.failures: list[Exception] = []
 
     async def commit(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        if self.failures:
+            raise self.failures.pop()
         await self.gate.wait()
         batch = take()
         if not batch:
@@ -184,14 +188,8 @@ async def test_a_commit_on_a_thread_that_outlives_stop_takes_nothing() -> None:
 
 async def test_a_failure_before_taking_fails_the_next_batch_and_the_writer_goes_on() -> None:
     db = FakeDb()
-    failures = [StoreUnavailable("cannot lock x-writelock")]
-
-    async def commit(take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
-        if failures:
-            raise failures.pop()
-        return await db.commit(take)
-
-    gc = GroupCommitter(commit)
+    db.failures.append(StoreUnavailable("cannot lock x-writelock"))
+    gc = GroupCommitter(db.commit)
     gc.start()
     try:
         with pytest.raises(StoreUnavailable, match="writelock"):

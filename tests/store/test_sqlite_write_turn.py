@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 from pathlib import Path
 
 from proof_messenger.store.sqlite import SQLiteStore
 
-from .conftest import make_draft, rk
+from .conftest import another_process_holds_the_write_lock, make_draft, rk
 
 
 async def test_appends_queued_while_another_process_writes_join_one_commit(
@@ -22,11 +20,7 @@ async def test_appends_queued_while_another_process_writes_join_one_commit(
         await store.migrate()
         statements: list[str] = []
         await store._on_writer(lambda con: con.set_trace_callback(statements.append))
-        # Another process holds the write lock (flock on <db>-writelock, a separate open
-        # file description, as a second relay worker would).
-        other = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(other, fcntl.LOCK_EX)
-        try:
+        with another_process_holds_the_write_lock(path):
             first = asyncio.ensure_future(store.append(make_draft(0), claim=rk(b"d" * 32)))
             await asyncio.sleep(0.05)  # the writer thread now waits for the lock
             rest = [
@@ -35,9 +29,6 @@ async def test_appends_queued_while_another_process_writes_join_one_commit(
             ]
             await asyncio.sleep(0.05)
             assert not first.done()  # nothing is written while the other process writes
-        finally:
-            fcntl.flock(other, fcntl.LOCK_UN)
-            os.close(other)
         results = await asyncio.gather(first, *rest)
         assert [r.record.seq for r in results if r.record] == list(range(1, 11))
         assert statements.count("COMMIT") == 1
