@@ -198,3 +198,43 @@ async def test_a_failure_before_taking_fails_the_next_batch_and_the_writer_goes_
         assert result.record is not None and db.commits == [["e1"]]
     finally:
         await gc.stop()
+
+
+async def test_rows_are_prepared_when_queued_and_a_failed_preparation_queues_nothing() -> None:
+    """``prepare`` runs on the caller's side, before the backend's write turn, and what it
+    made travels with the row; what it raises is the caller's, and nothing is queued."""
+    prepared: list[str] = []
+    seen: list[object] = []
+
+    def prepare(d: AuditDraft) -> str:
+        if d.event_id == "e9":
+            raise TypeError("audit field 'detail' must be text, bytes, an integer or null")
+        prepared.append(d.event_id)
+        return f"made {d.event_id}"
+
+    db = FakeDb()
+
+    async def commit(take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
+        def take_and_look() -> list[PendingAppend]:
+            batch = take()
+            seen.extend(item.prepared for item in batch)
+            return batch
+
+        return await db.commit(take_and_look)
+
+    gc = GroupCommitter(commit, prepare=prepare)
+    gc.start()
+    try:
+        db.gate.clear()  # the backend waits for its write turn
+        one = asyncio.ensure_future(gc.submit(draft(0), None, ()))
+        many = asyncio.ensure_future(gc.submit_many(entries(range(1, 3))))
+        await asyncio.sleep(0.01)
+        assert prepared == ["e0", "e1", "e2"] and seen == []  # before the turn
+        with pytest.raises(TypeError, match="detail"):
+            await gc.submit_many(entries([3, 9]))
+        db.gate.set()
+        await asyncio.gather(one, many)
+    finally:
+        await gc.stop()
+    assert seen == ["made e0", "made e1", "made e2"]
+    assert db.commits == [["e0", "e1", "e2"]]  # nothing of the failed call
