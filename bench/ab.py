@@ -32,9 +32,16 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_RUN_OPTIONS = ["--only", "sqlite2", "--duration", "8", "--no-postgres"]
-#: (phase key in a run's report, label) and (figure key, label)
+#: (phase key in a run's report, label) and (figure key, label); a dotted key reads a
+#: nested figure (the group commit, which a revision without its metrics does not report).
 PHASES = [("closed", "closed loop"), ("paced", "steady"), ("batch", "/verify/batch")]
-FIGURES = [("proofs_per_s", "proofs/s"), ("p99_ms", "p99 ms"), ("cpu_us_per_request", "CPU µs/req")]
+FIGURES = [
+    ("proofs_per_s", "proofs/s"),
+    ("p99_ms", "p99 ms"),
+    ("cpu_us_per_request", "CPU µs/req"),
+    ("commits.busy", "write turn busy"),
+    ("commits.hold_us_per_row", "µs held per row"),
+]
 
 
 def export_src(rev: str, into: Path) -> Path:
@@ -82,13 +89,9 @@ def rows(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[list[str]]:
             if len(sides) < len(found):
                 continue  # not measured on both sides of every pair
             for key, label in FIGURES:
-                out.append(
-                    _row(
-                        f"{name} — {phase_label}",
-                        label,
-                        [(float(b[key]), float(h[key])) for b, h in sides],
-                    )
-                )
+                values = [(_figure(b, key), _figure(h, key)) for b, h in sides]
+                if all(b is not None and h is not None for b, h in values):
+                    out.append(_row(f"{name} — {phase_label}", label, values))  # type: ignore[arg-type]
     crypto = [
         (b["raw_crypto"]["verify_per_s_1proc"], h["raw_crypto"]["verify_per_s_1proc"])
         for b, h in pairs
@@ -101,6 +104,14 @@ def _phase(report: dict[str, Any], name: str, phase: str) -> dict[str, Any] | No
     """The figures of one phase of the configuration ``name`` in a run's report."""
     run = next((r for r in report["runs"] if r["name"] == name), None)
     return (run or {}).get(phase) or None
+
+
+def _figure(phase: dict[str, Any], key: str) -> float | None:
+    """A figure of a phase; None when the run did not report it (or reported zero commits)."""
+    value: Any = phase
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return None if value is None or (key.startswith("commits.") and not value) else float(value)
 
 
 def _row(

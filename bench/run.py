@@ -335,6 +335,8 @@ class Commits:
     busy: float
     wait_ms: float  # mean wait for the write turn
     duration_ms: float  # mean time holding it
+    #: Time holding the turn per row: with the lock busy, what bounds the throughput.
+    hold_us_per_row: float
 
 
 def commits_between(before: dict[str, float], after: dict[str, float], seconds: float) -> Commits:
@@ -349,6 +351,11 @@ def commits_between(before: dict[str, float], after: dict[str, float], seconds: 
         busy=round(delta("duration_seconds_sum") / seconds, 3),
         wait_ms=round(delta("wait_seconds_sum") * 1000 / count, 3) if count else 0.0,
         duration_ms=round(delta("duration_seconds_sum") * 1000 / count, 3) if count else 0.0,
+        hold_us_per_row=(
+            round(delta("duration_seconds_sum") * 1e6 / rows, 2)
+            if (rows := delta("rows_sum"))
+            else 0.0
+        ),
     )
 
 
@@ -769,8 +776,8 @@ def commit_table(runs: list[RelayRun]) -> str:
     """The group commit of every relay load: how full each commit was, and how busy the
     write turn (on SQLite: the one write lock all workers share)."""
     rows = [
-        "| configuration | commits/s | rows per commit | write turn busy | mean wait ms | mean hold ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | commits/s | rows per commit | write turn busy | mean wait ms | mean hold ms | hold µs per row |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         for label, load in (
@@ -784,7 +791,8 @@ def commit_table(runs: list[RelayRun]) -> str:
                 continue
             rows.append(
                 f"| {r.name}{label} | {fmt(c.per_s, 0)} | {fmt(c.rows_per_commit)} | "
-                f"{c.busy:.2f} | {fmt(c.wait_ms, 2)} | {fmt(c.duration_ms, 2)} |"
+                f"{c.busy:.2f} | {fmt(c.wait_ms, 2)} | {fmt(c.duration_ms, 2)} | "
+                f"{fmt(c.hold_us_per_row)} |"
             )
     return "\n".join(rows)
 
