@@ -16,7 +16,6 @@ from proof_messenger.audit.chain import (
     ChainVerifier,
     chain_hash,
     entry_bytes,
-    entry_parts,
     micros_to_time,
     normalize_time,
     seal,
@@ -110,22 +109,6 @@ def test_entry_bytes_equal_cbor2_canonical_encoding(draft: AuditDraft, seq: int)
 def test_entry_bytes_refuse_non_scalar_fields(bad: object) -> None:
     with pytest.raises(TypeError, match="detail"):
         entry_bytes(1, dataclasses.replace(DRAFT, detail=bad))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="detail"):
-        entry_parts(dataclasses.replace(DRAFT, detail=bad))  # type: ignore[arg-type]
-
-
-@given(draft=_drafts, seq=st.integers(0, 2**64 - 1), sub_micro=st.integers(0, 999))
-def test_entry_parts_give_the_sealed_entry_for_every_seq(
-    draft: AuditDraft, seq: int, sub_micro: int
-) -> None:
-    """The store encodes a row before its write lock (entry_parts) and adds the seq under
-    it: the bytes must be the ones seal_entry hashes, for every size of seq's CBOR head
-    and for a time that still needs rounding to whole microseconds."""
-    draft = dataclasses.replace(draft, time=draft.time + sub_micro / 1e9)
-    parts = entry_parts(draft)
-    record, entry = seal_entry(seq, GENESIS, draft)
-    assert parts.entry(seq) == entry
-    assert parts.draft == record.draft
 
 
 def test_seal_entry_returns_the_hashed_bytes() -> None:

@@ -29,10 +29,8 @@ __all__ = [
     "ChainProblem",
     "ChainReport",
     "ChainVerifier",
-    "EntryParts",
     "chain_hash",
     "entry_bytes",
-    "entry_parts",
     "micros_to_time",
     "normalize_time",
     "seal",
@@ -115,56 +113,13 @@ assert _T_AT == 0 and _SEQ_AT > _T_AT  # "t" sorts first (shortest key); used be
 def entry_bytes(seq: int, draft: AuditDraft) -> bytes:
     """Deterministic CBOR (RFC 8949 core deterministic order) of every draft field plus seq."""
     values = _fields(draft)
-    _check_scalars(values)
-    cut = _SEQ_AT - 1  # values exclude "t" (index 0), so seq goes after cut of them
-    ordered = (time_to_micros(draft.time), *values[:cut], seq, *values[cut:])
-    return cbor2.dumps(dict(zip(_ORDERED_KEYS, ordered, strict=True)))
-
-
-@dataclass(frozen=True, slots=True)
-class EntryParts:
-    """A draft's entry bytes on either side of its seq (``head + CBOR(seq) + tail``).
-
-    Everything of an entry but its place in the chain, so a store can encode a row before
-    it takes its write lock and hold the lock only for what depends on the place (the seq
-    and the hashes). :func:`entry_bytes` stays the definition; tests check the two agree.
-    """
-
-    draft: AuditDraft  # time normalised to whole microseconds, as sealed
-    head: bytes  # map header, the pairs before seq, and the "seq" key
-    tail: bytes  # the pairs after the seq value
-
-    def entry(self, seq: int) -> bytes:
-        return self.head + cbor2.dumps(seq) + self.tail
-
-
-# The map has fewer than 24 pairs, so its header is the single byte 0xa0 + count, and
-# the encoding of a map of the pairs before (after) seq is that byte + those pairs.
-assert len(_ORDERED_KEYS) < 24
-_MAP_HEAD = bytes([0xA0 + len(_ORDERED_KEYS)])
-_SEQ_KEY = cbor2.dumps("seq")
-_BEFORE_SEQ, _AFTER_SEQ = _ORDERED_KEYS[:_SEQ_AT], _ORDERED_KEYS[_SEQ_AT + 1 :]
-
-
-def entry_parts(draft: AuditDraft) -> EntryParts:
-    """:func:`entry_bytes` of ``draft`` for any seq, split around the seq value (the draft's
-    time normalised as :func:`seal_entry` does)."""
-    draft = normalize_time(draft)
-    values = _fields(draft)
-    _check_scalars(values)
-    cut = _SEQ_AT - 1  # values exclude "t" (index 0), so seq goes after cut of them
-    before = cbor2.dumps(
-        dict(zip(_BEFORE_SEQ, (time_to_micros(draft.time), *values[:cut]), strict=True))
-    )
-    after = cbor2.dumps(dict(zip(_AFTER_SEQ, values[cut:], strict=True)))
-    return EntryParts(draft, _MAP_HEAD + before[1:] + _SEQ_KEY, after[1:])
-
-
-def _check_scalars(values: tuple[Any, ...]) -> None:
     for attr, value in zip(_FIELD_ATTRS, values, strict=True):
         if value.__class__ not in _SCALARS and not isinstance(value, _SCALARS):
             # floats are not canonical; maps would need their keys sorted
             raise TypeError(f"audit field {attr!r} must be text, bytes, an integer or null")
+    cut = _SEQ_AT - 1  # values exclude "t" (index 0), so seq goes after cut of them
+    ordered = (time_to_micros(draft.time), *values[:cut], seq, *values[cut:])
+    return cbor2.dumps(dict(zip(_ORDERED_KEYS, ordered, strict=True)))
 
 
 def chain_hash(prev_hash: bytes, entry: bytes) -> bytes:

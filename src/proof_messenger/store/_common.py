@@ -13,14 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from proof_messenger.audit.chain import (
-    EntryParts,
-    chain_hash,
-    entry_parts,
-    micros_to_time,
-    time_to_micros,
-)
-from proof_messenger.audit.merkle import leaf_hash
+from proof_messenger.audit.chain import micros_to_time, time_to_micros
 from proof_messenger.audit.records import AuditStatus
 
 from .base import (
@@ -106,38 +99,14 @@ _draft_fields = operator.attrgetter(*AUDIT_DRAFT_FIELDS)
 
 
 def audit_row_values(record: AuditRecord) -> tuple[Any, ...]:
-    return (record.seq, *draft_row_values(record.draft), record.prev_hash, record.entry_hash)
-
-
-def draft_row_values(draft: AuditDraft) -> tuple[Any, ...]:
-    """The audit columns between ``seq`` and the hashes: the time, then the draft's fields."""
-    return (time_to_micros(draft.time), *_draft_fields(draft))
-
-
-PreparedRow = tuple[EntryParts, tuple[Any, ...]]
-
-
-def prepare_row(draft: AuditDraft) -> PreparedRow:
-    """What a queued row's append needs that does not depend on its place in the chain:
-    its entry bytes around the seq, and its columns between seq and the hashes. The group
-    commit makes it when the row is queued (``GroupCommitter(prepare=...)``), before any
-    lock: the commits of all workers (SQLite: the write lock; PostgreSQL: the chain head's
-    row) then hold their lock only for the seq, the two hashes and the row tuple
-    (docs/benchmarks.md, eighth round)."""
-    parts = entry_parts(draft)
-    return parts, draft_row_values(parts.draft)
-
-
-def seal_prepared(
-    prepared: PreparedRow, seq: int, prev_hash: bytes
-) -> tuple[AuditRecord, bytes, tuple[Any, ...]]:
-    """A prepared row placed at ``seq`` after ``prev_hash``: its record, its Merkle leaf
-    hash, and its audit row values with the leaf hash last (``audit_row_values`` + leaf)."""
-    parts, values = prepared
-    entry = parts.entry(seq)
-    record = AuditRecord(seq, parts.draft, prev_hash, chain_hash(prev_hash, entry))
-    leaf = leaf_hash(entry)
-    return record, leaf, (seq, *values, prev_hash, record.entry_hash, leaf)
+    d = record.draft
+    return (
+        record.seq,
+        time_to_micros(d.time),
+        *_draft_fields(d),
+        record.prev_hash,
+        record.entry_hash,
+    )
 
 
 def audit_record_from_row(row: Sequence[Any]) -> AuditRecord:

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .base import (
     AppendEntry,
@@ -66,8 +65,6 @@ class PendingAppend:
     approval: ApprovalTransition | None = None
     #: Policy engine: an N-of-M approval row written with the audit row.
     policy_approval: PolicyApproval | None = None
-    #: What the backend's ``prepare`` made of the draft when the row was queued.
-    prepared: Any = None
 
 
 CommitFn = Callable[[Callable[[], list[PendingAppend]]], Awaitable[list[AppendResult]]]
@@ -79,27 +76,15 @@ backend's writer thread."""
 
 
 class GroupCommitter:
-    def __init__(
-        self,
-        commit: CommitFn,
-        *,
-        max_batch: int = 256,
-        prepare: Callable[[AuditDraft], Any] | None = None,
-    ) -> None:
+    def __init__(self, commit: CommitFn, *, max_batch: int = 256) -> None:
         """The batch is taken only when the backend is ready to write (``commit`` calls
         ``take``). For SQLite that is on the writer thread once the cross-process write
         lock is held: appends that arrive while another process commits join this batch
-        (fewer, bigger durable commits), and a batch costs one thread hop, not two.
-
-        ``prepare(draft)``, if given, runs when a row is queued (on the caller's event
-        loop, before any lock) and its result travels with the row as ``prepared``: the
-        work that does not depend on the row's place in the chain, done outside the
-        write lock. What it raises goes to the caller, and nothing is queued."""
+        (fewer, bigger durable commits), and a batch costs one thread hop, not two."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._commit = commit
         self._max_batch = max_batch
-        self._prepare = prepare
         #: Queued groups. The event loop appends; ``_take`` pops, possibly on the backend's
         #: writer thread (deque append and popleft are atomic; one ``_take`` at a time).
         self._pending: collections.deque[list[PendingAppend]] = collections.deque()
@@ -158,15 +143,8 @@ class GroupCommitter:
     ) -> AppendResult:
         self._check_open()
         check_draft(draft)
-        prepared = self._prepare(draft) if self._prepare is not None else None
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue(
-            [
-                PendingAppend(
-                    draft, claim, tuple(outbox), future, approval, policy_approval, prepared
-                )
-            ]
-        )
+        self._queue([PendingAppend(draft, claim, tuple(outbox), future, approval, policy_approval)])
         return await future
 
     async def submit_many(self, entries: Sequence[AppendEntry]) -> list[AppendResult]:
@@ -181,12 +159,10 @@ class GroupCommitter:
         if not entries:
             return []
         create = asyncio.get_running_loop().create_future
-        prepare = self._prepare
         group: list[PendingAppend] = []
         for draft, claim, outbox in entries:
             check_draft(draft)
-            prepared = prepare(draft) if prepare is not None else None
-            group.append(PendingAppend(draft, claim, tuple(outbox), create(), prepared=prepared))
+            group.append(PendingAppend(draft, claim, tuple(outbox), create()))
         self._queue(group)
         try:
             # All futures of a group are resolved by the same commit: after the first

@@ -20,8 +20,8 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from proof_messenger.audit.chain import time_to_micros
-from proof_messenger.audit.merkle import CompactTree
+from proof_messenger.audit.chain import seal_entry, time_to_micros
+from proof_messenger.audit.merkle import CompactTree, leaf_hash
 
 from . import _merkle
 from ._common import (
@@ -47,6 +47,7 @@ from ._common import (
     approval_from_row,
     approval_values,
     audit_record_from_row,
+    audit_row_values,
     audit_where,
     check_limit,
     checkpoint_from_row,
@@ -59,9 +60,7 @@ from ._common import (
     load_migrations,
     log_key_from_row,
     matching_subscriptions,
-    prepare_row,
     registration_from_row,
-    seal_prepared,
     subscription_from_row,
     subscription_values,
     task_from_row,
@@ -341,9 +340,7 @@ class PostgresStore:
         #: index of a failed replica -> clock time before which it is not tried again, so a
         #: replica that silently drops packets costs one connection timeout, not one per read.
         self._replica_down_until: dict[int, float] = {}
-        self._committer = GroupCommitter(
-            self._commit_batch, max_batch=max_batch, prepare=prepare_row
-        )
+        self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
         self._new_coalescers()
 
     def _new_coalescers(self) -> None:
@@ -674,7 +671,7 @@ class PostgresStore:
             wanted = {t for events in head[5] for t in json.loads(events)}
             seq, prev_hash = int(head[0]), bytes(head[1])
             results: list[AppendResult] = []
-            rows: list[tuple[Any, ...]] = []  # audit row values + leaf hash
+            records: list[AuditRecord] = []
             leaves: list[bytes] = []
             outbox_rows: list[tuple[str, str, bytes, float]] = []
             approval_rows: list[tuple[Any, ...]] = []  # policy engine
@@ -697,10 +694,10 @@ class PostgresStore:
                             )
                         results.append(AppendResult(record=None, transition_failed=True))
                         continue
-                record, leaf, row = seal_prepared(item.prepared, seq + 1, prev_hash)
+                record, entry = seal_entry(seq + 1, prev_hash, item.draft)
                 seq, prev_hash = record.seq, record.entry_hash
-                rows.append(row)
-                leaves.append(leaf)
+                records.append(record)
+                leaves.append(leaf_hash(entry))
                 results.append(AppendResult(record=record))
                 outbox_rows.extend(
                     (item.draft.event_id, ev.event_type, ev.body(), item.draft.time)
@@ -709,8 +706,14 @@ class PostgresStore:
                 )
                 if item.policy_approval is not None:  # policy engine
                     approval_rows.append(_policy_approval_values(item.policy_approval))
-            if rows:
-                audit_columns = zip(*rows, strict=True)
+            if records:
+                audit_columns = zip(
+                    *(
+                        (*audit_row_values(r), leaf)
+                        for r, leaf in zip(records, leaves, strict=True)
+                    ),
+                    strict=True,
+                )
                 tree, nodes = _merkle.extend_tree(tree, leaves)
                 await con.execute(
                     _WRITE_BATCH,

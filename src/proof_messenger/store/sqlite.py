@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proof_messenger.audit.chain import time_to_micros
-from proof_messenger.audit.merkle import CompactTree
+from proof_messenger.audit.chain import seal_entry, time_to_micros
+from proof_messenger.audit.merkle import CompactTree, leaf_hash
 
 from . import _merkle
 from ._common import (
@@ -56,6 +56,7 @@ from ._common import (
     approval_from_row,
     approval_values,
     audit_record_from_row,
+    audit_row_values,
     audit_where,
     check_limit,
     checkpoint_from_row,
@@ -68,9 +69,7 @@ from ._common import (
     load_migrations,
     log_key_from_row,
     matching_subscriptions,
-    prepare_row,
     registration_from_row,
-    seal_prepared,
     subscription_from_row,
     subscription_values,
     task_from_row,
@@ -241,9 +240,7 @@ class SQLiteStore:
         #: until first needed. Nothing writes that table after 0006 created it, so once
         #: seen empty it stays empty, and claims then skip looking digests up in it.
         self._legacy_claims: bool | None = None
-        self._committer = GroupCommitter(
-            self._commit_batch, max_batch=max_batch, prepare=prepare_row
-        )
+        self._committer = GroupCommitter(self._commit_batch, max_batch=max_batch)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -1489,9 +1486,10 @@ def _commit_batch_sync(
                     con.execute("DELETE FROM replay WHERE exp = ? AND digest = ?", claim)
                 results.append(AppendResult(record=None, transition_failed=True))
                 continue
-        record, leaf, row = seal_prepared(item.prepared, seq + 1, prev_hash)
+        record, entry = seal_entry(seq + 1, prev_hash, draft)
+        leaf = leaf_hash(entry)
         leaves.append(leaf)
-        audit_rows.append(row)
+        audit_rows.append((*audit_row_values(record), leaf))
         if item.outbox:
             if wanted is None:
                 wanted = frozenset(
