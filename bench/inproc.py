@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import proofs as proofgen
 import run
 
 from proof_messenger.relay.app import create_app
@@ -130,10 +131,10 @@ class _PgCounters:
             counters.acquires += 1
             return acquire(self, *args, **kw)
 
-        con_cls.execute = execute_  # type: ignore[method-assign]
-        con_cls._execute = _execute_  # type: ignore[method-assign]
-        con_cls._executemany = _executemany_  # type: ignore[method-assign]
-        pool_cls.acquire = acquire_  # type: ignore[method-assign]
+        con_cls.execute = execute_
+        con_cls._execute = _execute_
+        con_cls._executemany = _executemany_
+        pool_cls.acquire = acquire_
 
 
 def _backend_cpu(dbname: str) -> float:
@@ -176,7 +177,7 @@ async def main_async(opts: argparse.Namespace) -> int:
 
 
 async def _main_async(opts: argparse.Namespace, pg_url: str | None) -> int:
-    proofs, _ = run.proofgen.load_or_generate(run.HERE / "results", run.AUDIENCE, 200_000, 200)
+    proofs, _ = proofgen.load_or_generate(run.HERE / "results", run.AUDIENCE, 200_000, 200)
     counters = _PgCounters()
     if pg_url is not None:
         counters.install()

@@ -17,7 +17,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import proofs as proofgen
 import run
 
 AUDIENCE = run.AUDIENCE
@@ -59,7 +61,7 @@ def main() -> int:
     )
     opts = p.parse_args()
     bench_opts = argparse.Namespace(warmup=500)
-    proofs, _ = run.proofgen.load_or_generate(run.HERE / "results", AUDIENCE, 200_000, 200)
+    proofs, _ = proofgen.load_or_generate(run.HERE / "results", AUDIENCE, 200_000, 200)
     out = run.HERE / "results" / f"profile-{time.strftime('%Y%m%dT%H%M%S')}.txt"
     with tempfile.TemporaryDirectory(prefix="pm-prof-") as tmp:
         workdir = Path(tmp)
@@ -67,7 +69,7 @@ def main() -> int:
         try:
             run.register_keys(server.port, api_key, proofs.keys)
             cur = run.Cursor(proofs.bodies)
-            common = {"workdir": workdir, "api_key": api_key}
+            common: dict[str, Any] = {"workdir": workdir, "api_key": api_key}
             run.wrk(
                 server, "/verify", cur.take(bench_opts.warmup), duration=1, connections=8, **common
             )

@@ -492,7 +492,12 @@ def _crypto_worker(args: tuple[list[str], list[dict[str, str]], float]) -> int:
     def b64u(s: str) -> bytes:
         return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
-    by_der = {k["public_key"]: load_der_public_key(b64u(k["public_key"])) for k in keys}
+    def ec_key(der: bytes) -> ec.EllipticCurvePublicKey:
+        key = load_der_public_key(der)
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        return key
+
+    by_der = {k["public_key"]: ec_key(b64u(k["public_key"])) for k in keys}
     items = []
     for body in bodies:
         env = json.loads(body)
@@ -585,7 +590,7 @@ def run_relay(
         try:
             register_keys(server.port, api_key, proofs.keys)
             cur = Cursor(proofs.bodies)
-            common = {"workdir": workdir, "api_key": api_key}
+            common: dict[str, Any] = {"workdir": workdir, "api_key": api_key}
             # warm-up: first requests pay for lazy imports, connections, caches
             wrk(server, "/verify", cur.take(opts.warmup), duration=1, connections=8, **common)
             run = RelayRun(name, store, workers, access_log, round(server.startup_s, 3), [])
@@ -661,7 +666,7 @@ def run_bare(proofs: proofgen.ProofSet, workers: int, opts: argparse.Namespace) 
         keys_file.write_text(json.dumps([{"public_key": k["public_key"]} for k in proofs.keys]))
         server = start_bare(workdir, keys_file, workers)
         try:
-            common = {"workdir": workdir, "api_key": None}
+            common: dict[str, Any] = {"workdir": workdir, "api_key": None}
             wrk(
                 server, "/verify", proofs.bodies[: opts.warmup], duration=1, connections=8, **common
             )
