@@ -146,7 +146,11 @@ async def test_sqlite_wait_is_the_time_another_process_holds_the_write_lock(
 
 
 @pytest.mark.postgres
-async def test_postgres_duration_includes_waiting_for_the_chain_head(pg_target: Target) -> None:
+async def test_postgres_wait_is_the_time_another_transaction_holds_the_chain_head(
+    pg_target: Target,
+) -> None:
+    """The batch is taken once the chain head is locked: appends that arrive while another
+    worker or instance commits join one commit, and the wait is that other commit's."""
     store = await pg_target.store()
     seen = observed(store)
     other = await asyncpg.connect(pg_target.url)
@@ -154,12 +158,18 @@ async def test_postgres_duration_includes_waiting_for_the_chain_head(pg_target: 
         tx = other.transaction()
         await tx.start()
         await other.execute("SELECT seq FROM chain_head WHERE id = 1 FOR UPDATE")
-        append = asyncio.ensure_future(store.append(make_draft(0), claim=rk(b"p" * 32)))
-        await asyncio.sleep(0.1)
-        assert not append.done()  # the other instance's transaction holds the head
+        first = asyncio.ensure_future(store.append(make_draft(0), claim=rk(b"p" * 32)))
+        await asyncio.sleep(0.05)  # the committer now waits for the head
+        rest = [
+            asyncio.ensure_future(store.append(make_draft(i), claim=rk(bytes([i]) * 32)))
+            for i in range(1, 10)
+        ]
+        await asyncio.sleep(0.05)
+        assert not first.done()  # the other instance's transaction holds the head
         await tx.rollback()
-        await append
+        results = await asyncio.gather(first, *rest)
     finally:
         await other.close()
-    [(rows, wait, duration)] = seen
-    assert rows == 1 and duration >= 0.1 > wait
+    assert [r.record.seq for r in results if r.record] == list(range(1, 11))
+    [(rows, wait, duration)] = seen  # one commit: the rows queued while it waited joined
+    assert rows == 10 and wait >= 0.1 > duration

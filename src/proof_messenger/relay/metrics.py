@@ -44,11 +44,11 @@ class Metrics:
             "Time from audit append to commit (group commit included).",
             buckets=_LATENCY_BUCKETS,
         )
-        # The group commit (docs/operations.md): how many rows each durable commit
-        # carries, how long it waits for its turn and how long it holds it. On SQLite the
-        # commits of all workers share one write lock, so the sum of all workers'
-        # durations per second is the share of time that lock is busy: near 1, the
-        # relay is as fast as its one writer (more workers do not help).
+        # The group commit (docs/deployment.md, "The audit write lock"): how many rows each durable commit
+        # carries, how long it waits for its turn and how long it holds it. All commits
+        # of the chain take turns (SQLite: one write lock for all workers; PostgreSQL:
+        # the chain head row for all instances), so the sum of the durations per second
+        # is the share of time the turn is busy: near 1, more workers do not help.
         self.commit_rows = Histogram(
             "proof_messenger_audit_commit_rows",
             "Appends per group commit (one durable transaction): audit rows, and replay "
@@ -57,13 +57,13 @@ class Metrics:
         )
         self.commit_wait = Histogram(
             "proof_messenger_audit_commit_wait_seconds",
-            "Time a group commit waited for its write turn (SQLite: the write lock "
-            "held by another process).",
+            "Time a group commit waited for its write turn (the SQLite write lock or the "
+            "PostgreSQL chain head, held by another worker's or instance's commit).",
             buckets=_COMMIT_BUCKETS,
         )
         self.commit_duration = Histogram(
             "proof_messenger_audit_commit_duration_seconds",
-            "Time from taking a group commit's rows to COMMIT (SQLite: the write lock held).",
+            "Time a group commit held its write turn: from taking its rows to COMMIT.",
             buckets=_COMMIT_BUCKETS,
         )
         self.requests = Counter(

@@ -334,13 +334,12 @@ class LogEntry:
 
 CommitObserver = Callable[[int, float, float], None]
 """``observer(rows, wait, duration)`` after every group commit that took rows (``rows``
-appends; one whose replay claim lost writes nothing), times in seconds:
-``wait`` from the start of the commit until the backend took the batch (SQLite: waiting
-for the cross-process write lock while other processes commit), ``duration`` from then
-until COMMIT returned (SQLite: the time this process held the write lock). PostgreSQL
-takes the batch first, so its ``wait`` is about zero and its ``duration`` includes
-waiting for the chain head's row lock, which other instances' commits hold. It runs on
-the event loop after the callers' results are set, and must not block."""
+appends; one whose replay claim lost writes nothing), times in seconds: ``wait`` from
+the start of the commit until the backend took the batch, which it does once it holds
+the chain's write turn (SQLite: the cross-process write lock; PostgreSQL: the chain
+head's row lock; other workers' and instances' commits hold them), ``duration`` from
+then until COMMIT returned. It runs on the event loop after the callers' results are
+set, and must not block."""
 
 
 @runtime_checkable

@@ -1,7 +1,8 @@
 """The PostgreSQL backend (asyncpg pool), correct with many relay processes on one database.
 
-* Chain: each group-commit batch locks the single ``chain_head`` row (``SELECT ... FOR
-  UPDATE``), so batches from different processes serialise and the chain never forks.
+* Chain: each group commit locks the single ``chain_head`` row (``SELECT ... FOR
+  UPDATE``) and only then takes its batch, so batches from different processes serialise,
+  the chain never forks, and rows that arrive while another process commits join it.
 * Replay: ``replay (exp, digest)`` is the PRIMARY KEY (``ReplayKey``); a batch claims its
   keys with one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` in the same transaction as
   the audit rows, so an accepted proof is written exactly once or not at all. A digest
@@ -135,7 +136,11 @@ _CLAIM_DUE_DELIVERIES = (
     + TASK_FROM
     + " JOIN leased l ON l.id = d.id ORDER BY d.next_attempt_at"
 )
-# Group commit, round trip 2 of 4: lock the chain head, claim the batch's keys (ON
+# Group commit, round trip 1 of 4: begin, and wait for the chain head (other workers' and
+# instances' commits hold it) before the batch is taken. One simple-protocol round trip,
+# as the BEGIN alone was.
+_BEGIN_AND_LOCK_HEAD = "BEGIN; SELECT 1 FROM chain_head WHERE id = 1 FOR UPDATE"
+# Round trip 2 of 4: lock the chain head (already held), claim the batch's keys (ON
 # CONFLICT: a key already there is a replay; so is a digest claimed before migration 0006,
 # in replay_v1, which nothing writes any more) and ask whether any webhook subscription is
 # live. The claim's WHERE reads the locked head, so the head row is locked before any
@@ -635,14 +640,30 @@ class PostgresStore:
         self._committer.observer = observer
 
     async def _commit_batch(self, take: Callable[[], list[PendingAppend]]) -> list[AppendResult]:
-        batch = take()
-        return await self._commit_rows(batch) if batch else []
+        """Lock the chain head, THEN take the batch: appends that arrive while another
+        worker or instance holds the head join this commit (fewer, bigger commits under
+        contention, as SQLite's group commit takes its batch once it holds the write lock).
+        """
+        async with self._conn("audit append") as con:
+            try:
+                await con.execute(_BEGIN_AND_LOCK_HEAD)
+                batch = take()
+                results = await self._commit_rows(con, batch) if batch else []
+                await con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):  # gone with the connection otherwise
+                    await con.execute("ROLLBACK")
+                raise
+            return results
 
-    async def _commit_rows(self, batch: list[PendingAppend]) -> list[AppendResult]:
-        """One transaction in four round trips: BEGIN; lock the head + claim the digests +
-        read the event types live webhook subscriptions want (_LOCK_AND_CLAIM); every row of the
-        batch + the new head (_WRITE_BATCH); COMMIT. Approval transitions and N-of-M
-        approval rows (rare) add their own statements."""
+    async def _commit_rows(
+        self, con: asyncpg.Connection, batch: list[PendingAppend]
+    ) -> list[AppendResult]:
+        """The batch, in the caller's transaction (the head already locked), in two round
+        trips before the caller's COMMIT: claim the digests + read the event types live
+        webhook subscriptions want (_LOCK_AND_CLAIM); every row of the batch + the new head
+        (_WRITE_BATCH). Approval transitions and N-of-M approval rows (rare) add their own
+        statements."""
         # Within the batch the first claimant of a key wins; later ones are replays.
         seen: set[ReplayKey] = set()
         claims: list[tuple[ReplayKey, PendingAppend]] = []
@@ -650,82 +671,78 @@ class PostgresStore:
             if item.claim is not None and item.claim not in seen:
                 seen.add(item.claim)
                 claims.append((item.claim, item))
-        async with self._conn("audit append") as con, con.transaction():
-            head = await con.fetchrow(
-                _LOCK_AND_CLAIM,
-                [k.exp for k, _ in claims],
-                [k.digest for k, _ in claims],
-                [time_to_micros(c.draft.time) for _, c in claims],
-                [c.draft.event_id for _, c in claims],
+        head = await con.fetchrow(
+            _LOCK_AND_CLAIM,
+            [k.exp for k, _ in claims],
+            [k.digest for k, _ in claims],
+            [time_to_micros(c.draft.time) for _, c in claims],
+            [c.draft.event_id for _, c in claims],
+        )
+        if head is None:
+            raise StoreUnavailable("chain head missing: database not migrated")
+        tree = CompactTree.from_bytes(bytes(head[2]))
+        if tree.size != int(head[0]):
+            raise StoreError(
+                f"Merkle frontier has {tree.size} leaves but the chain has {head[0]} rows"
             )
-            if head is None:
-                raise StoreUnavailable("chain head missing: database not migrated")
-            tree = CompactTree.from_bytes(bytes(head[2]))
-            if tree.size != int(head[0]):
-                raise StoreError(
-                    f"Merkle frontier has {tree.size} leaves but the chain has {head[0]} rows"
+        won = {ReplayKey(int(e), bytes(d)) for d, e in zip(head[3], head[4], strict=True)}
+        # Outbox rows only for event types a live subscription wants (see
+        # LIVE_SUBSCRIPTION_EVENTS): with no subscription, no outbox write at all.
+        wanted = {t for events in head[5] for t in json.loads(events)}
+        seq, prev_hash = int(head[0]), bytes(head[1])
+        results: list[AppendResult] = []
+        records: list[AuditRecord] = []
+        leaves: list[bytes] = []
+        outbox_rows: list[tuple[str, str, bytes, float]] = []
+        approval_rows: list[tuple[Any, ...]] = []  # policy engine
+        for item in batch:
+            claim = item.claim
+            if claim is not None:
+                if claim not in won:
+                    results.append(AppendResult(record=None, replayed=True))
+                    continue
+                won.discard(claim)  # a second item with this key is a replay
+            if item.approval is not None:  # approval CAS, atomic with this row
+                status = await con.execute(
+                    transition_sql(item.approval, "postgres"),
+                    *transition_args(item.approval, item.draft.event_id),
                 )
-            won = {ReplayKey(int(e), bytes(d)) for d, e in zip(head[3], head[4], strict=True)}
-            # Outbox rows only for event types a live subscription wants (see
-            # LIVE_SUBSCRIPTION_EVENTS): with no subscription, no outbox write at all.
-            wanted = {t for events in head[5] for t in json.loads(events)}
-            seq, prev_hash = int(head[0]), bytes(head[1])
-            results: list[AppendResult] = []
-            records: list[AuditRecord] = []
-            leaves: list[bytes] = []
-            outbox_rows: list[tuple[str, str, bytes, float]] = []
-            approval_rows: list[tuple[Any, ...]] = []  # policy engine
-            for item in batch:
-                claim = item.claim
-                if claim is not None:
-                    if claim not in won:
-                        results.append(AppendResult(record=None, replayed=True))
-                        continue
-                    won.discard(claim)  # a second item with this key is a replay
-                if item.approval is not None:  # approval CAS, atomic with this row
-                    status = await con.execute(
-                        transition_sql(item.approval, "postgres"),
-                        *transition_args(item.approval, item.draft.event_id),
-                    )
-                    if status != "UPDATE 1":
-                        if claim is not None:  # give the claim back: the row is not written
-                            await con.execute(
-                                "DELETE FROM replay WHERE exp = $1 AND digest = $2", *claim
-                            )
-                        results.append(AppendResult(record=None, transition_failed=True))
-                        continue
-                record, entry = seal_entry(seq + 1, prev_hash, item.draft)
-                seq, prev_hash = record.seq, record.entry_hash
-                records.append(record)
-                leaves.append(leaf_hash(entry))
-                results.append(AppendResult(record=record))
-                outbox_rows.extend(
-                    (item.draft.event_id, ev.event_type, ev.body(), item.draft.time)
-                    for ev in item.outbox
-                    if ev.event_type in wanted
-                )
-                if item.policy_approval is not None:  # policy engine
-                    approval_rows.append(_policy_approval_values(item.policy_approval))
-            if records:
-                audit_columns = zip(
-                    *(
-                        (*audit_row_values(r), leaf)
-                        for r, leaf in zip(records, leaves, strict=True)
-                    ),
-                    strict=True,
-                )
-                tree, nodes = _merkle.extend_tree(tree, leaves)
-                await con.execute(
-                    _WRITE_BATCH,
-                    *(list(c) for c in audit_columns),
-                    *_columns(nodes, 3),
-                    *_columns(outbox_rows, 4),
-                    seq,
-                    prev_hash,
-                    tree.to_bytes(),
-                )
-                if approval_rows:  # policy engine
-                    await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
+                if status != "UPDATE 1":
+                    if claim is not None:  # give the claim back: the row is not written
+                        await con.execute(
+                            "DELETE FROM replay WHERE exp = $1 AND digest = $2", *claim
+                        )
+                    results.append(AppendResult(record=None, transition_failed=True))
+                    continue
+            record, entry = seal_entry(seq + 1, prev_hash, item.draft)
+            seq, prev_hash = record.seq, record.entry_hash
+            records.append(record)
+            leaves.append(leaf_hash(entry))
+            results.append(AppendResult(record=record))
+            outbox_rows.extend(
+                (item.draft.event_id, ev.event_type, ev.body(), item.draft.time)
+                for ev in item.outbox
+                if ev.event_type in wanted
+            )
+            if item.policy_approval is not None:  # policy engine
+                approval_rows.append(_policy_approval_values(item.policy_approval))
+        if records:
+            audit_columns = zip(
+                *((*audit_row_values(r), leaf) for r, leaf in zip(records, leaves, strict=True)),
+                strict=True,
+            )
+            tree, nodes = _merkle.extend_tree(tree, leaves)
+            await con.execute(
+                _WRITE_BATCH,
+                *(list(c) for c in audit_columns),
+                *_columns(nodes, 3),
+                *_columns(outbox_rows, 4),
+                seq,
+                prev_hash,
+                tree.to_bytes(),
+            )
+            if approval_rows:  # policy engine
+                await con.executemany(_INSERT_POLICY_APPROVAL, approval_rows)
         return results
 
     # --- approvals and registration ceremonies ---------------------------------------
