@@ -747,19 +747,23 @@ def fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def phases(run: RelayRun) -> list[tuple[str, Load | None]]:
+    """A run's loads with their table labels, in the order they ran."""
+    return [
+        ("", run.closed),
+        (" — steady", run.paced),
+        (" — steady", run.paced_half),
+        (" — /verify/batch", run.batch),
+    ]
+
+
 def table(runs: list[RelayRun]) -> str:
     rows = [
         "| configuration | proofs/s | p50 ms | p95 ms | p99 ms | CPU µs/req | RSS MB/worker | start-up s | all 200/valid | cores: server / wrk / others |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in runs:
-        loads = (
-            ("", r.closed),
-            (" — steady", r.paced),
-            (" — steady", r.paced_half),
-            (" — /verify/batch", r.batch),
-        )
-        for label, load in loads:
+        for label, load in phases(r):
             if load is None:
                 continue
             if label == " — steady":
@@ -785,12 +789,7 @@ def commit_table(runs: list[RelayRun]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
-        for label, load in (
-            ("", r.closed),
-            (" — steady", r.paced),
-            (" — steady", r.paced_half),
-            (" — /verify/batch", r.batch),
-        ):
+        for label, load in phases(r):
             c = load.commits if load is not None else None
             if c is None:
                 continue
