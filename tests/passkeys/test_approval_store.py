@@ -19,7 +19,7 @@ from proof_messenger.store import Store
 from proof_messenger.store.base import ApprovalTransition, RegistrationChallenge
 from proof_messenger.store.postgres import PostgresStore
 from proof_messenger.store.sqlite import SQLiteStore
-from tests.store.conftest import T0, make_draft, pg_database, rk
+from tests.store.conftest import T0, make_draft, opened_store, pg_database, rk
 from tests.store.conftest import make_approval as approval
 
 
@@ -31,12 +31,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         else:
             dsn = await stack.enter_async_context(pg_database())
             s = PostgresStore(dsn, max_connections=5)
-        await s.open()
-        try:
-            await s.migrate()
-            yield s
-        finally:
-            await s.close()
+        yield await stack.enter_async_context(opened_store(s))
 
 
 async def test_insert_and_find_by_id_and_nonce(store: Store) -> None:

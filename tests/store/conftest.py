@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -220,16 +220,25 @@ async def pg_target() -> AsyncIterator[Target]:
                 await s.close()
 
 
+S = TypeVar("S", bound=Store)
+
+
+@contextlib.asynccontextmanager
+async def opened_store(store: S) -> AsyncIterator[S]:
+    """``store`` opened and migrated, and closed afterwards."""
+    await store.open()
+    try:
+        await store.migrate()
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     """An opened, migrated SQLite store (its file: ``sqlite_store.path``)."""
-    s = SQLiteStore(str(tmp_path / "relay.db"))
-    await s.open()
-    try:
-        await s.migrate()
+    async with opened_store(SQLiteStore(str(tmp_path / "relay.db"))) as s:
         yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
