@@ -63,13 +63,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(port: int, path: str, timeout: float = 1.0) -> int:
+def http_get(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    """GET ``path`` on the loopback ``port``: (status, body)."""
     con = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         con.request("GET", path)
         resp = con.getresponse()
-        resp.read()
-        return resp.status
+        return resp.status, resp.read()
     finally:
         con.close()
 
@@ -171,7 +171,7 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, started: flo
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
         with contextlib.suppress(OSError):
-            if http_get(port, path, timeout=0.5) == 200:
+            if http_get(port, path, timeout=0.5)[0] == 200:
                 return time.monotonic() - started
         time.sleep(0.005)
     raise RuntimeError("server not ready within 60 s")
@@ -309,14 +309,9 @@ _COMMIT_SERIES = (
 
 def commit_sums(port: int) -> dict[str, float]:
     """The relay's group-commit totals from ``/metrics`` (all workers summed)."""
-    con = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        con.request("GET", "/metrics")
-        text = con.getresponse().read().decode()
-    finally:
-        con.close()
+    _, body = http_get(port, "/metrics", timeout=5)
     found = {}
-    for line in text.splitlines():
+    for line in body.decode().splitlines():
         name, _, value = line.partition(" ")
         if name in _COMMIT_SERIES:
             found[name] = float(value)

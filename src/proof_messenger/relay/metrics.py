@@ -44,11 +44,12 @@ class Metrics:
             "Time from audit append to commit (group commit included).",
             buckets=_LATENCY_BUCKETS,
         )
-        # The group commit (docs/deployment.md, "The audit write lock"): how many rows each durable commit
-        # carries, how long it waits for its turn and how long it holds it. All commits
-        # of the chain take turns (SQLite: one write lock for all workers; PostgreSQL:
-        # the chain head row for all instances), so the sum of the durations per second
-        # is the share of time the turn is busy: near 1, more workers do not help.
+        # The group commit (docs/deployment.md, "The audit write lock"): how many rows
+        # each durable commit carries, how long it waits for its turn and how long it
+        # holds it. All commits of the chain take turns (SQLite: one write lock for all
+        # workers; PostgreSQL: the chain head row for all instances), so the sum of the
+        # durations per second is the share of time the turn is busy: near 1, more
+        # workers do not help.
         self.commit_rows = Histogram(
             "proof_messenger_audit_commit_rows",
             "Appends per group commit (one durable transaction): audit rows, and replay "
