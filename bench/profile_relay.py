@@ -5,6 +5,10 @@
 Prints the functions with the largest inclusive and self share of samples (collapsed
 stacks are written to bench/results/profile-*.txt, loadable in speedscope). Needs
 py-spy (``pip install py-spy``) and wrk.
+
+``--strace`` counts the worker's system calls instead (``strace -c -f``, every thread)
+and prints them per request: where the kernel time goes, and any file I/O nobody asked
+for (this is how SQLite's per-commit temp files showed up, ninth round).
 """
 
 from __future__ import annotations
@@ -49,6 +53,20 @@ def summarise(collapsed: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def per_request(summary: str, requests: float) -> str:
+    """``strace -c``'s table with a column of calls per request."""
+    out = [f"{'calls/req':>10} {'calls':>9} {'errors':>7}  syscall"]
+    for line in summary.splitlines():
+        fields = line.split()
+        # % time, seconds, usecs/call, calls, [errors], syscall
+        if len(fields) < 5 or not fields[3].isdigit() or fields[-1] == "total":
+            continue
+        calls = int(fields[3])
+        errors = fields[4] if len(fields) == 6 else ""
+        out.append(f"{calls / requests:>10.2f} {calls:>9} {errors:>7}  {fields[-1]}")
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=10)
@@ -58,6 +76,9 @@ def main() -> int:
     )
     p.add_argument(
         "--batch", type=int, default=0, help="profile /verify/batch with N proofs per call"
+    )
+    p.add_argument(
+        "--strace", action="store_true", help="count system calls per request (strace -c)"
     )
     opts = p.parse_args()
     bench_opts = argparse.Namespace(warmup=500)
@@ -73,8 +94,22 @@ def main() -> int:
             run.wrk(
                 server, "/verify", cur.take(bench_opts.warmup), duration=1, connections=8, **common
             )
+            spy_cmd = [
+                "timeout",
+                "--signal=INT",
+                str(opts.seconds),
+                "strace",
+                "-c",
+                "-f",
+                "-o",
+                str(out),
+                "-p",
+                str(server.worker_pids()[0]),
+            ]
             spy = subprocess.Popen(
-                [
+                spy_cmd
+                if opts.strace
+                else [
                     str(Path(sys.executable).with_name("py-spy")),
                     "record",
                     "-r",
@@ -115,6 +150,11 @@ def main() -> int:
             print(f"load: {load[0].requests_per_s} req/s, {load[0].cpu_us_per_request} µs CPU/req")
         finally:
             server.stop()
+    if opts.strace:
+        # One worker of one was traced: its requests are all of them.
+        print(per_request(out.read_text(), load[0].requests_per_s * opts.seconds))
+        print(f"\nstrace summary: {out}")
+        return 0
     print(summarise(out, opts.top))
     print(f"\ncollapsed stacks: {out}")
     return 0
