@@ -44,7 +44,7 @@ HMAC = _cases("hmac_sha256_test.json")
 
 def _supported(group: dict[str, Any]) -> bool:
     # Our wrapper supports exactly AES-256, 96-bit nonce, 128-bit tag (see primitives.py).
-    return group["keySize"] == 256 and group["ivSize"] == 96 and group["tagSize"] == 128
+    return bool(group["keySize"] == 256 and group["ivSize"] == 96 and group["tagSize"] == 128)
 
 
 def test_aes_gcm_has_supported_cases() -> None:

@@ -110,6 +110,7 @@ def test_relay_side_rejections(relay: RelayUnderTest) -> None:
         sent.sent.clear()
         with pytest.raises(perr.Replayed) as replay:
             c.verify(good)
+        assert isinstance(replay.value, ProofMessengerAPIError)
         assert replay.value.proof_id == result.proof_id
         assert len(sent.sent) == 1
 

@@ -45,7 +45,9 @@ def verifications_by_pid(metrics_dir: Path) -> dict[int, float]:
     counts: dict[int, float] = {}
     for path in metrics_dir.glob("counter_*.db"):
         pid = int(path.stem.split("_")[1])
-        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+        # prometheus_client's own reader of its per-process files (untyped there).
+        entries = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
+        for key, value, *_ in entries:
             if json.loads(key)[0] == "proof_messenger_verifications":
                 counts[pid] = counts.get(pid, 0) + value
     return counts

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,7 +61,7 @@ def test_receipt_verifies_offline_and_tampering_is_caught(relay: Relay, tmp_path
     assert f"leaf {answers[1]['leaf_index']}" in ok.stdout
 
     doc = json.loads(receipt.read_text())
-    for field, mutate in [
+    mutations: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = [
         (
             "entry",
             lambda d: {
@@ -71,7 +72,8 @@ def test_receipt_verifies_offline_and_tampering_is_caught(relay: Relay, tmp_path
         ("leaf_index", lambda d: {**d, "leaf_index": d["leaf_index"] + 1}),
         ("inclusion_proof", lambda d: {**d, "inclusion_proof": d["inclusion_proof"][::-1]}),
         ("checkpoint", lambda d: {**d, "checkpoint": _bump_size(d["checkpoint"])}),
-    ]:
+    ]
+    for field, mutate in mutations:
         bad = other / f"bad-{field}.json"
         bad.write_text(json.dumps(mutate(doc)))
         res = relay.cli("log", "check-receipt", str(bad), "--public-key", str(pub))

@@ -46,7 +46,7 @@ def create_approval(
 
 
 def page_token(approval: dict[str, Any]) -> str:
-    return parse_qs(urlsplit(approval["approval_url"]).query)["t"][0]
+    return parse_qs(urlsplit(str(approval["approval_url"])).query)["t"][0]
 
 
 def backend_status(relay: Relay, approval_id: str) -> str:
@@ -113,7 +113,7 @@ def enrolled(relay: Relay, passkey_browser: PasskeyBrowser) -> str:
     page.wait_for_selector("main[data-state=registered]", timeout=TIMEOUT_MS)
     kid = page.locator("main").get_attribute("data-kid")
     assert kid
-    return kid
+    return str(kid)
 
 
 def test_enrol_passkey(relay: Relay, passkey_browser: PasskeyBrowser, enrolled: str) -> None:

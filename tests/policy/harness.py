@@ -113,6 +113,7 @@ def running_issuer() -> Iterator[Issuer]:
             return
 
         def do_GET(self) -> None:
+            body: dict[str, Any]
             if self.path == "/.well-known/openid-configuration":
                 body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/jwks.json"}
             elif self.path == "/jwks.json":
@@ -223,7 +224,7 @@ def running_relay(
     cfg = workdir / "relay.yaml"
     cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
     port = free_port()
-    env = {"db_url": db_url, "master_key": master_key}
+    env: dict[str, Any] = {"db_url": db_url, "master_key": master_key}
     if api_key is None:
         created = cli(
             workdir,

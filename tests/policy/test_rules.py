@@ -255,7 +255,10 @@ def test_overnight_window() -> None:
         }
     )
     tokyo = ZoneInfo("Asia/Tokyo")
-    at = lambda h: datetime(2026, 11, 25, h, 0, tzinfo=tokyo).timestamp()  # noqa: E731
+
+    def at(hour: int) -> float:
+        return datetime(2026, 11, 25, hour, 0, tzinfo=tokyo).timestamp()
+
     assert evaluate(policy, facts(FX, now=at(23))).outcome == "allow"
     assert evaluate(policy, facts(FX, now=at(5))).outcome == "allow"
     assert evaluate(policy, facts(FX, now=at(12))).outcome == "deny"

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import sys
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -14,7 +15,7 @@ from proof_messenger.relay import logs
 
 
 @pytest.fixture
-def lines(monkeypatch: pytest.MonkeyPatch) -> io.BytesIO:
+def lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
     out = io.BytesIO()
 
     class _Stdout:

@@ -217,14 +217,14 @@ def test_three_relays_behind_nginx(tmp_path: Path) -> None:
                 ]
 
             assert len(sent) == N_LOAD
-            statuses = Counter(s.status for s in sent)
+            by_status = Counter(s.status for s in sent)
             accepted = [s for s in sent if s.status == 200]
             failed = [s for s in sent if s.status != 200]
             # Only requests in flight on the killed instance may fail (nginx does not resend a
             # POST the upstream may have processed); they fail as 502, never as a wrong answer.
-            assert all(s.status == 502 for s in failed), statuses
-            assert len(failed) <= CONCURRENCY, statuses
-            assert sum(s.started_after_kill for s in accepted) > 0, statuses
+            assert all(s.status == 502 for s in failed), by_status
+            assert len(failed) <= CONCURRENCY, by_status
+            assert sum(s.started_after_kill for s in accepted) > 0, by_status
 
             # 4. Every accepted proof resent directly to each survivor: refused as a replay.
             for relay in (a, b):

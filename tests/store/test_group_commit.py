@@ -13,9 +13,12 @@ from proof_messenger.store.base import (
     AppendResult,
     AuditDraft,
     AuditRecord,
+    ReplayKey,
     StoreUnavailable,
 )
 from proof_messenger.store.groupcommit import GroupCommitter, PendingAppend
+
+from .conftest import rk
 
 
 def draft(n: int) -> AuditDraft:
@@ -27,7 +30,7 @@ class FakeDb:
 
     def __init__(self) -> None:
         self.commits: list[list[str]] = []
-        self.claimed: set[bytes] = set()
+        self.claimed: set[ReplayKey] = set()
         self.gate = asyncio.Event()
         self.gate.set()
         #: Raised, one per commit, before anything is taken (e.g. the write lock failed).
@@ -52,7 +55,7 @@ class FakeDb:
         return results
 
 
-def entries(numbers: Sequence[int], claim: bytes | None = None) -> list[AppendEntry]:
+def entries(numbers: Sequence[int], claim: ReplayKey | None = None) -> list[AppendEntry]:
     return [(draft(n), claim, ()) for n in numbers]
 
 
@@ -62,10 +65,10 @@ async def test_results_in_order_and_a_claim_taken_earlier_in_the_group_is_replay
     gc.start()
     try:
         rows: list[AppendEntry] = [
-            (draft(1), b"a", ()),
+            (draft(1), rk(b"a"), ()),
             (draft(2), None, ()),
-            (draft(3), b"a", ()),
-            (draft(4), b"b", ()),
+            (draft(3), rk(b"a"), ()),
+            (draft(4), rk(b"b"), ()),
         ]
         results = await gc.submit_many(rows)
         assert [r.record.draft.event_id if r.record else None for r in results] == [

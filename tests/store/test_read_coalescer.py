@@ -39,7 +39,7 @@ async def test_reads_asked_together_share_one_query() -> None:
     table.rows = {"a": 1, "b": 2}
     reads = ReadCoalescer(table.fetch)
     got = await asyncio.gather(reads.get("a"), reads.get("b"), reads.get("a"), reads.get("zz"))
-    assert got == [1, 2, 1, None]
+    assert list(got) == [1, 2, 1, None]
     assert table.queries == [["a", "b", "zz"]]
 
 

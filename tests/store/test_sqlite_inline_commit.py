@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def _record_take_threads(store: SQLiteStore) -> list[str]:
     return threads
 
 
-async def _ticks_while(task: asyncio.Future[object], seconds: float) -> int:
+async def _ticks_while(task: asyncio.Future[Any], seconds: float) -> int:
     """How many times the loop ran another coroutine while ``task`` stayed pending."""
     ticks = 0
     deadline = asyncio.get_running_loop().time() + seconds

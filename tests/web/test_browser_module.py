@@ -440,15 +440,15 @@ def test_decoder_agrees_with_the_python_decoder_on_mutated_input(
 ) -> None:
     """Differential check: corrupt one byte (or cut the tail) of a valid encoding; the JS decoder
     must accept exactly what the Python decoder accepts, and reject with the same code."""
-    inputs = []
+    inputs: list[bytes] = []
     for value, pos, byte, truncate in cases:
-        data = bytearray(canonical(value))
-        i = pos % len(data)
+        buf = bytearray(canonical(value))
+        i = pos % len(buf)
         if truncate:
-            del data[i:]
+            del buf[i:]
         else:
-            data[i] = byte
-        inputs.append(bytes(data))
+            buf[i] = byte
+        inputs.append(bytes(buf))
     results = shared_page.evaluate(DECODE_ERRORS, [d.hex() for d in inputs])
     for data, result in zip(inputs, results, strict=True):
         code, value = _python_decode(data)

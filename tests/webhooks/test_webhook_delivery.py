@@ -307,8 +307,8 @@ def test_killed_relay_delivers_undelivered_events_after_restart(
         assert [r.json()["data"]["kid"] for r in accepted if r.json()["type"] == "key.revoked"] == [
             kid
         ]
-        for r in accepted:
-            verify_signature(SECRET, r.headers, r.body)
+        for received in accepted:
+            verify_signature(SECRET, received.headers, received.body)
         wait_until(
             lambda: len(deliveries(relay, key, "ledger", "delivered")) == 4, what="4 delivered"
         )

@@ -84,9 +84,9 @@ def test_two_instances_deliver_each_event_once(tmp_path: Path, pg_url: str) -> N
         # fail_first=1: each delivery id was sent exactly twice (one 500, one 200), never
         # concurrently by both instances.
         per_id: dict[str, list[int]] = {}
-        for r in requests:
-            per_id.setdefault(r.delivery_id, []).append(r.status)
-            verify_signature(SECRET, r.headers, r.body)
+        for received in requests:
+            per_id.setdefault(received.delivery_id, []).append(received.status)
+            verify_signature(SECRET, received.headers, received.body)
         assert all(statuses == [500, 200] for statuses in per_id.values()), per_id
     finally:
         a.stop()
