@@ -8,7 +8,9 @@ py-spy (``pip install py-spy``) and wrk.
 
 ``--strace`` counts the worker's system calls instead (``strace -c -f``, every thread)
 and prints them per request: where the kernel time goes, and any file I/O nobody asked
-for (this is how SQLite's per-commit temp files showed up, ninth round).
+for (this is how SQLite's per-commit temp files showed up, ninth round). With
+``--workers 2`` one of two workers is traced (the page re-reads after the other worker's
+commits show as pread64); tracing slows it, so its share of the requests is an estimate.
 """
 
 from __future__ import annotations
@@ -80,13 +82,14 @@ def main() -> int:
     p.add_argument(
         "--strace", action="store_true", help="count system calls per request (strace -c)"
     )
+    p.add_argument("--workers", type=int, default=1, help="relay workers (one is traced)")
     opts = p.parse_args()
     bench_opts = argparse.Namespace(warmup=500)
     proofs, _ = proofgen.load_or_generate(run.HERE / "results", AUDIENCE, 200_000, 200)
     out = run.HERE / "results" / f"profile-{time.strftime('%Y%m%dT%H%M%S')}.txt"
     with tempfile.TemporaryDirectory(prefix="pm-prof-") as tmp:
         workdir = Path(tmp)
-        server, api_key = run.start_relay(workdir, f"sqlite:///{tmp}/audit.db", 1)
+        server, api_key = run.start_relay(workdir, f"sqlite:///{tmp}/audit.db", opts.workers)
         try:
             run.register_keys(server.port, api_key, proofs.keys)
             cur = run.Cursor(proofs.bodies)
@@ -151,8 +154,9 @@ def main() -> int:
         finally:
             server.stop()
     if opts.strace:
-        # One worker of one was traced: its requests are all of them.
-        print(per_request(out.read_text(), load[0].requests_per_s * opts.seconds))
+        # One worker was traced; the workers share the requests about evenly.
+        traced = load[0].requests_per_s * opts.seconds / opts.workers
+        print(per_request(out.read_text(), traced))
         print(f"\nstrace summary: {out}")
         return 0
     print(summarise(out, opts.top))
