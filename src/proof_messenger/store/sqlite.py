@@ -136,8 +136,8 @@ WAL_AUTOCHECKPOINT = 250
 #: commit's audit INSERT touches one per-subject index page per row, so about one such
 #: file was created, written page by page and deleted per commit, and copies of audit
 #: pages went to a directory outside the data directory. In memory they stay private and
-#: need no writable temp directory; per 32-row commit (bench/store_append.py, docs/
-#: benchmarks.md, ninth round) 38 % fewer write calls and bytes, 9-19 % less CPU per row.
+#: need no writable temp directory; per 32-row commit 38 % fewer write calls and bytes,
+#: and about 9 % less CPU per row on a new database (docs/benchmarks.md, ninth round).
 #: One statement's journal is bounded by its rows (a group commit takes at most
 #: ``max_batch`` rows, or one call's batch: about 4 KiB per page changed); migrations,
 #: whose sorts are unbounded, run with on-disk temp files (see ``migrate``).
