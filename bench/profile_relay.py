@@ -97,7 +97,7 @@ def main() -> int:
             run.wrk(
                 server, "/verify", cur.take(bench_opts.warmup), duration=1, connections=8, **common
             )
-            spy_cmd = [
+            strace_cmd = [
                 "timeout",
                 "--signal=INT",
                 str(opts.seconds),
@@ -110,7 +110,7 @@ def main() -> int:
                 str(server.worker_pids()[0]),
             ]
             spy = subprocess.Popen(
-                spy_cmd
+                strace_cmd
                 if opts.strace
                 else [
                     str(Path(sys.executable).with_name("py-spy")),
