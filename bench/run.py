@@ -339,18 +339,15 @@ def commits_between(before: dict[str, float], after: dict[str, float], seconds: 
         name = next(n for n in _COMMIT_SERIES if n.endswith(suffix))
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    count = delta("rows_count")
+    count, rows = delta("rows_count"), delta("rows_sum")
+    held = delta("duration_seconds_sum")
     return Commits(
         per_s=round(count / seconds, 1),
-        rows_per_commit=round(delta("rows_sum") / count, 1) if count else 0.0,
-        busy=round(delta("duration_seconds_sum") / seconds, 3),
+        rows_per_commit=round(rows / count, 1) if count else 0.0,
+        busy=round(held / seconds, 3),
         wait_ms=round(delta("wait_seconds_sum") * 1000 / count, 3) if count else 0.0,
-        duration_ms=round(delta("duration_seconds_sum") * 1000 / count, 3) if count else 0.0,
-        hold_us_per_row=(
-            round(delta("duration_seconds_sum") * 1e6 / rows, 2)
-            if (rows := delta("rows_sum"))
-            else 0.0
-        ),
+        duration_ms=round(held * 1000 / count, 3) if count else 0.0,
+        hold_us_per_row=round(held * 1e6 / rows, 2) if rows else 0.0,
     )
 
 
